@@ -1,0 +1,1 @@
+//! hemiron-guest
