@@ -1,2 +1,299 @@
-//! The `hemiron` binary: parses the command line and starts the chosen role.
-fn main() {}
+//! The `hemiron` binary: parses the command line, sets up logging and the runtime, and runs
+//! the chosen role. Everything else lives in the library crates.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "hemiron", version, about = "Self-hosted VPS fleet platform")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info,hemiron_node=debug`.
+    #[arg(long, global = true, env = "HEMIRON_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node agent, or manage a node's data directory.
+    Node(NodeCommand),
+    /// Build guest images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct NodeCommand {
+    #[command(subcommand)]
+    command: Option<NodeSubcommand>,
+    #[command(flatten)]
+    serve: NodeServeArgs,
+}
+
+#[derive(Debug, Args)]
+struct NodeServeArgs {
+    /// Directory holding the node's state (configs, disks, tasks, credentials).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to serve the Proxmox VE API on.
+    #[arg(long, default_value = "127.0.0.1:8006")]
+    listen: SocketAddr,
+    /// Node name, as it appears in `/nodes/{node}`.
+    #[arg(long)]
+    name: Option<String>,
+    /// Serve plain HTTP instead of HTTPS (for loopback tests).
+    #[arg(long)]
+    http: bool,
+    /// Accelerator for VMs: auto probes KVM and falls back to TCG.
+    #[arg(long, default_value = "auto")]
+    accel: hemiron_node::AccelChoice,
+    /// Directory of a storage pool shared between nodes (exposed as storage `shared`).
+    #[arg(long)]
+    shared_storage: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeSubcommand {
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Print the QEMU command line of a VM (like `qm showcmd`).
+    Showcmd {
+        #[arg(long)]
+        data_dir: PathBuf,
+        vmid: u32,
+        /// One argument per line instead of one shell-quoted line.
+        #[arg(long)]
+        pretty: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create an API token; prints the secret alone on the last line.
+    Add {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Token id, `USER@REALM!NAME`.
+        tokenid: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Remove an API token.
+    Remove {
+        #[arg(long)]
+        data_dir: PathBuf,
+        tokenid: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user or set its password; the password is read from stdin.
+    Add {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// User id, `NAME@REALM` (realm pam or pve).
+        userid: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build the guest disk image `DIR/hemiron-guest.qcow2` from Debian packages.
+    Build {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Include test-only hooks (command execution over HTTP). Never for real use.
+        #[arg(long)]
+        test_hooks: bool,
+        /// Where downloaded .debs and extracted files are cached.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Prints an error with its whole chain of causes.
+fn report(err: &anyhow::Error) {
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match command {
+        Command::Image {
+            command:
+                ImageCommand::Build {
+                    out,
+                    test_hooks,
+                    cache_dir,
+                },
+        } => {
+            let opts = hemiron_guest::BuildOptions {
+                out_dir: out,
+                cache_dir: cache_dir.unwrap_or_else(hemiron_guest::default_cache_dir),
+                test_hooks,
+            };
+            let built = hemiron_guest::build(&opts).context("guest image build failed")?;
+            println!("{}", built.disk.display());
+            Ok(())
+        }
+        Command::Node(NodeCommand {
+            command: Some(sub), ..
+        }) => run_node_subcommand(sub),
+        Command::Node(NodeCommand {
+            command: None,
+            serve,
+        }) => {
+            let data_dir = serve
+                .data_dir
+                .context("--data-dir is required to run the node agent")?;
+            let name = match serve.name {
+                Some(n) => n,
+                None => hemiron_node::default_node_name(),
+            };
+            let opts = hemiron_node::NodeOptions {
+                data_dir,
+                listen: serve.listen,
+                name,
+                http: serve.http,
+                accel: serve.accel,
+                shared_storage: serve.shared_storage,
+            };
+            runtime()?.block_on(hemiron_node::run(opts))?;
+            Ok(())
+        }
+    }
+}
+
+fn run_node_subcommand(sub: NodeSubcommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match sub {
+        NodeSubcommand::Token {
+            command:
+                TokenCommand::Add {
+                    data_dir,
+                    tokenid,
+                    comment,
+                },
+        } => {
+            let store = hemiron_node::auth::CredentialStore::new(&data_dir.join("auth"));
+            let secret = store
+                .add_token(&tokenid, &comment)
+                .with_context(|| format!("failed to add token {tokenid}"))?;
+            println!("full-tokenid: {tokenid}");
+            println!("{secret}");
+            Ok(())
+        }
+        NodeSubcommand::Token {
+            command: TokenCommand::Remove { data_dir, tokenid },
+        } => {
+            let store = hemiron_node::auth::CredentialStore::new(&data_dir.join("auth"));
+            if !store.remove_token(&tokenid)? {
+                anyhow::bail!("token {tokenid} does not exist");
+            }
+            Ok(())
+        }
+        NodeSubcommand::User {
+            command: UserCommand::Add { data_dir, userid },
+        } => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("failed to read the password from stdin")?;
+            // One password per line of input; a trailing newline is not part of it.
+            let password = input.lines().next().unwrap_or_default();
+            let store = hemiron_node::auth::CredentialStore::new(&data_dir.join("auth"));
+            store
+                .set_user_password(&userid, password)
+                .with_context(|| format!("failed to set the password of {userid}"))?;
+            println!("user {userid} updated");
+            Ok(())
+        }
+        NodeSubcommand::Showcmd {
+            data_dir,
+            vmid,
+            pretty,
+        } => {
+            let argv = runtime()?
+                .block_on(hemiron_node::showcmd(&data_dir, vmid))
+                .with_context(|| format!("failed to build the command line of VM {vmid}"))?;
+            if pretty {
+                println!("{}", argv.join(" \\\n  "));
+            } else {
+                println!("{}", shell_join(&argv));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Quotes arguments for a POSIX shell, so the printed line can be run as is.
+fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let safe = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            if safe {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

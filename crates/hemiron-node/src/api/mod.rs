@@ -1,0 +1,230 @@
+//! The Proxmox VE–compatible HTTP API: routes, authentication and the response envelope.
+
+pub mod call;
+pub mod error;
+pub mod server;
+
+mod access;
+mod cluster;
+mod nodes;
+mod qemu;
+mod storage;
+mod tasks;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use serde::Serialize;
+use tracing::{info, Instrument};
+
+use crate::Node;
+pub use call::{Call, PREFIX};
+pub use error::ApiError;
+
+/// Proxmox delays every 401 by this much to slow down password guessing.
+pub const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(3);
+
+/// A successful answer: `{"data": …}` plus `total` for paged lists.
+#[derive(Debug)]
+pub struct Data {
+    data: serde_json::Value,
+    total: Option<u64>,
+}
+
+impl Data {
+    pub fn new(value: impl Serialize) -> Result<Self, ApiError> {
+        let data = serde_json::to_value(value)
+            .map_err(|e| ApiError::runtime(format!("failed to encode the answer: {e}")))?;
+        Ok(Self { data, total: None })
+    }
+
+    pub fn null() -> Self {
+        Self {
+            data: serde_json::Value::Null,
+            total: None,
+        }
+    }
+
+    pub fn with_total(mut self, total: u64) -> Self {
+        self.total = Some(total);
+        self
+    }
+}
+
+impl IntoResponse for Data {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "data": self.data });
+        if let Some(total) = self.total {
+            body["total"] = total.into();
+        }
+        axum::Json(body).into_response()
+    }
+}
+
+pub type ApiResult = Result<Data, ApiError>;
+
+/// Builds the router of every endpoint.
+pub fn router(node: Arc<Node>) -> Router {
+    let api = Router::new()
+        .route("/version", get(nodes::version))
+        .route(
+            "/access/ticket",
+            get(access::ticket_get).post(access::ticket_post),
+        )
+        .route("/nodes", get(nodes::list))
+        .route("/nodes/{node}/status", get(nodes::status))
+        .route("/cluster/resources", get(cluster::resources))
+        .route("/cluster/nextid", get(cluster::nextid))
+        .route("/nodes/{node}/tasks", get(tasks::list))
+        .route(
+            "/nodes/{node}/tasks/{upid}",
+            get(tasks::index).delete(tasks::stop),
+        )
+        .route("/nodes/{node}/tasks/{upid}/status", get(tasks::status))
+        .route("/nodes/{node}/tasks/{upid}/log", get(tasks::log))
+        .route("/nodes/{node}/storage", get(storage::list))
+        .route(
+            "/nodes/{node}/storage/{storage}/content",
+            get(storage::content),
+        )
+        .route("/nodes/{node}/qemu", get(qemu::list).post(qemu::create))
+        .route(
+            "/nodes/{node}/qemu/{vmid}",
+            get(qemu::index).delete(qemu::destroy),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/config",
+            get(qemu::config_get)
+                .post(qemu::config_post)
+                .put(qemu::config_put),
+        )
+        .route("/nodes/{node}/qemu/{vmid}/pending", get(qemu::pending))
+        .route("/nodes/{node}/qemu/{vmid}/status", get(qemu::status_index))
+        .route(
+            "/nodes/{node}/qemu/{vmid}/status/current",
+            get(qemu::status_current),
+        )
+        .route("/nodes/{node}/qemu/{vmid}/status/start", post(qemu::start))
+        .route("/nodes/{node}/qemu/{vmid}/status/stop", post(qemu::stop))
+        .route(
+            "/nodes/{node}/qemu/{vmid}/status/shutdown",
+            post(qemu::shutdown),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/status/reboot",
+            post(qemu::reboot),
+        )
+        .route("/nodes/{node}/qemu/{vmid}/status/reset", post(qemu::reset))
+        .route(
+            "/nodes/{node}/qemu/{vmid}/status/suspend",
+            post(qemu::suspend),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/status/resume",
+            post(qemu::resume),
+        )
+        .route("/nodes/{node}/qemu/{vmid}/resize", put(qemu::resize))
+        .method_not_allowed_fallback(not_implemented)
+        .fallback(not_implemented)
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            authenticate,
+        ))
+        .with_state(node);
+    Router::new()
+        .nest(PREFIX, api)
+        .fallback(not_implemented)
+        .layer(axum::middleware::from_fn(trace_request))
+}
+
+async fn not_implemented(method: Method, uri: axum::http::Uri) -> ApiError {
+    let path = uri.path().trim_start_matches(PREFIX);
+    ApiError::NotImplemented(format!("Method '{method} {path}' not implemented"))
+}
+
+/// One span per request, and one log line with the outcome.
+async fn trace_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("request", %method, %path);
+    async move {
+        let started = Instant::now();
+        let resp = next.run(req).await;
+        info!(
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+fn cookie_value<'a>(cookies: &'a str, name: &str) -> Option<&'a str> {
+    cookies.split(';').find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+/// Authenticates every call but `/access/ticket`, which is how one logs in.
+async fn authenticate(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
+    if req.uri().path().ends_with("/access/ticket") {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| cookie_value(c, "PVEAuthCookie").map(str::to_string));
+    let cookie = cookie.map(|c| {
+        form_urlencoded::parse(format!("x={c}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or(c)
+    });
+    let csrf = headers
+        .get("CSRFPreventionToken")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let is_read = req.method() == Method::GET || req.method() == Method::HEAD;
+    match node.auth.authenticate(
+        authorization.as_deref(),
+        cookie.as_deref(),
+        csrf.as_deref(),
+        is_read,
+    ) {
+        Ok(principal) => {
+            let user = principal.display_name().to_string();
+            req.extensions_mut().insert(principal);
+            tracing::Span::current().record("user", user.as_str());
+            next.run(req).await
+        }
+        Err(err) => {
+            tracing::debug!(error = %err, "authentication failed");
+            tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+            ApiError::Unauthorized(err.to_string()).into_response()
+        }
+    }
+}
+
+/// Refuses a call for another node: without a cluster, only this node exists.
+pub fn check_node(node: &Node, name: &str) -> Result<(), ApiError> {
+    if name == node.name {
+        Ok(())
+    } else {
+        Err(ApiError::runtime(format!("no such node '{name}'")))
+    }
+}

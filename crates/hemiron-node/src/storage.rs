@@ -1,0 +1,620 @@
+//! Directory storage pools holding qcow2 (or raw) volumes, named as Proxmox's `dir` storage.
+//!
+//! A pool `local` always exists under the data dir; `--shared-storage PATH` adds `shared`,
+//! marked shared (the same path on every node, standing in for NFS or Ceph). Volume IDs read
+//! `STORAGE:VMID/vm-VMID-disk-N.qcow2` for images, `STORAGE:iso/NAME` for ISO images,
+//! `STORAGE:snippets/NAME`, `STORAGE:import/NAME` and `STORAGE:backup/NAME`, and map to
+//! `POOL/images/VMID/…`, `POOL/template/iso/…`, `POOL/snippets/…`, `POOL/import/…` and
+//! `POOL/dump/…` as in Proxmox. Disk images are made and copied with `qemu-img`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::Serialize;
+use tokio::process::Command;
+use tracing::debug;
+
+/// Failure of a storage operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage '{0}' does not exist")]
+    UnknownStorage(String),
+    #[error("unable to parse volume ID '{0}'")]
+    BadVolumeId(String),
+    #[error("volume '{0}' does not exist")]
+    VolumeNotFound(String),
+    #[error("storage '{storage}' does not support content type '{content}'")]
+    ContentNotSupported { storage: String, content: String },
+    #[error("unsupported format '{0}' (only qcow2 and raw are supported)")]
+    UnsupportedFormat(String),
+    #[error("import source '{0}' does not exist or is not a file")]
+    ImportSourceMissing(String),
+    #[error("failed to create directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to remove volume file {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to run qemu-img {action}")]
+    SpawnQemuImg {
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qemu-img {action} failed: {stderr}")]
+    QemuImg {
+        action: &'static str,
+        stderr: String,
+    },
+    #[error("qemu-img {action} gave unreadable output")]
+    QemuImgOutput {
+        action: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("failed to read storage {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shrinking disks is not supported")]
+    Shrink,
+}
+
+/// Image formats a volume may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Qcow2,
+    Raw,
+}
+
+impl ImageFormat {
+    pub fn parse(s: &str) -> Result<Self, StorageError> {
+        match s {
+            "qcow2" => Ok(Self::Qcow2),
+            "raw" => Ok(Self::Raw),
+            other => Err(StorageError::UnsupportedFormat(other.to_string())),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Qcow2 => "qcow2",
+            Self::Raw => "raw",
+        }
+    }
+}
+
+/// One directory pool.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub id: String,
+    pub path: PathBuf,
+    pub shared: bool,
+}
+
+/// Content types a dir pool holds, as Proxmox names them.
+pub const POOL_CONTENT: &[&str] = &["images", "iso", "backup", "snippets", "import"];
+
+pub use hemiron_pve::volume::{VolumeId, VolumeKind};
+
+/// The image format implied by a volume's file extension.
+pub fn volume_format(volid: &VolumeId) -> Option<ImageFormat> {
+    match volid.kind() {
+        VolumeKind::Image { format, .. } => {
+            format.as_deref().and_then(|f| ImageFormat::parse(f).ok())
+        }
+        _ => None,
+    }
+}
+
+/// Parses a volume ID, refusing names that would escape the pool directory.
+pub fn parse_volid(volid: &str) -> Result<VolumeId, StorageError> {
+    let bad = || StorageError::BadVolumeId(volid.to_string());
+    let v = VolumeId::parse(volid).map_err(|_| bad())?;
+    let name_ok = !v.volname.starts_with('/')
+        && v.volname
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if !name_ok {
+        return Err(bad());
+    }
+    Ok(v)
+}
+
+/// Entry of `GET /nodes/{node}/storage/{storage}/content`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContentEntry {
+    pub volid: String,
+    pub content: String,
+    pub format: String,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ctime: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+/// Space of a pool's file system.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolUsage {
+    pub total: u64,
+    pub used: u64,
+    pub avail: u64,
+}
+
+/// The node's pools.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pools: Vec<Pool>,
+}
+
+#[derive(serde::Deserialize)]
+struct QemuImgInfo {
+    #[serde(rename = "virtual-size")]
+    virtual_size: u64,
+    #[serde(rename = "actual-size", default)]
+    actual_size: Option<u64>,
+    #[serde(rename = "backing-filename", default)]
+    backing_filename: Option<String>,
+}
+
+async fn qemu_img(action: &'static str, args: &[&str]) -> Result<Vec<u8>, StorageError> {
+    debug!(action, ?args, "qemu-img");
+    let out = Command::new("qemu-img")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| StorageError::SpawnQemuImg { action, source })?;
+    if !out.status.success() {
+        return Err(StorageError::QemuImg {
+            action,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+impl Storage {
+    pub fn new(local: PathBuf, shared: Option<PathBuf>) -> Self {
+        let mut pools = vec![Pool {
+            id: "local".into(),
+            path: local,
+            shared: false,
+        }];
+        if let Some(path) = shared {
+            pools.push(Pool {
+                id: "shared".into(),
+                path,
+                shared: true,
+            });
+        }
+        Self { pools }
+    }
+
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    pub fn pool(&self, id: &str) -> Result<&Pool, StorageError> {
+        self.pools
+            .iter()
+            .find(|p| p.id == id)
+            .ok_or_else(|| StorageError::UnknownStorage(id.to_string()))
+    }
+
+    /// Creates each pool's directories.
+    pub fn create_dirs(&self) -> Result<(), StorageError> {
+        for pool in &self.pools {
+            for sub in ["images", "template/iso", "dump", "snippets", "import"] {
+                let dir = pool.path.join(sub);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|source| StorageError::CreateDir { path: dir, source })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The file behind a volume ID.
+    pub fn path(&self, volid: &VolumeId) -> Result<PathBuf, StorageError> {
+        let pool = self.pool(&volid.storage)?;
+        let rel = &volid.volname;
+        if rel.starts_with('/')
+            || rel
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(StorageError::BadVolumeId(volid.to_string()));
+        }
+        Ok(match volid.kind() {
+            VolumeKind::Iso(name) => pool.path.join("template/iso").join(name),
+            VolumeKind::Backup(name) => pool.path.join("dump").join(name),
+            VolumeKind::Snippets(name) => pool.path.join("snippets").join(name),
+            VolumeKind::Import(name) => pool.path.join("import").join(name),
+            VolumeKind::Image { .. } => pool.path.join("images").join(rel),
+            _ => return Err(StorageError::BadVolumeId(volid.to_string())),
+        })
+    }
+
+    /// The file behind a volume ID, which must exist.
+    pub fn existing_path(&self, volid: &VolumeId) -> Result<PathBuf, StorageError> {
+        let path = self.path(volid)?;
+        if !path.exists() {
+            return Err(StorageError::VolumeNotFound(volid.to_string()));
+        }
+        Ok(path)
+    }
+
+    fn image_dir(&self, storage: &str, vmid: u32) -> Result<PathBuf, StorageError> {
+        Ok(self
+            .pool(storage)?
+            .path
+            .join("images")
+            .join(vmid.to_string()))
+    }
+
+    /// The next free `vm-VMID-disk-N` name on a pool.
+    fn next_disk_name(
+        &self,
+        storage: &str,
+        vmid: u32,
+        format: ImageFormat,
+    ) -> Result<String, StorageError> {
+        let dir = self.image_dir(storage, vmid)?;
+        let taken: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let n = (0..)
+            .find(|n| {
+                let stem = format!("vm-{vmid}-disk-{n}.");
+                let base = format!("base-{vmid}-disk-{n}.");
+                !taken
+                    .iter()
+                    .any(|t| t.starts_with(&stem) || t.starts_with(&base))
+            })
+            .unwrap_or(0);
+        Ok(format!("vm-{vmid}-disk-{n}.{}", format.as_str()))
+    }
+
+    /// Allocates a new empty volume of `size` bytes for `vmid`.
+    pub async fn alloc(
+        &self,
+        storage: &str,
+        vmid: u32,
+        size: u64,
+        format: ImageFormat,
+    ) -> Result<VolumeId, StorageError> {
+        let dir = self.image_dir(storage, vmid)?;
+        std::fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let name = self.next_disk_name(storage, vmid, format)?;
+        let path = dir.join(&name);
+        let path_str = path.to_string_lossy().into_owned();
+        let size_str = size.to_string();
+        qemu_img(
+            "create",
+            &["create", "-q", "-f", format.as_str(), &path_str, &size_str],
+        )
+        .await?;
+        Ok(VolumeId {
+            storage: storage.to_string(),
+            volname: format!("{vmid}/{name}"),
+        })
+    }
+
+    /// Creates a new volume for `vmid` holding a copy of `source` (a file path).
+    pub async fn import(
+        &self,
+        storage: &str,
+        vmid: u32,
+        source: &Path,
+        format: ImageFormat,
+    ) -> Result<VolumeId, StorageError> {
+        if !source.is_file() {
+            return Err(StorageError::ImportSourceMissing(
+                source.display().to_string(),
+            ));
+        }
+        let dir = self.image_dir(storage, vmid)?;
+        std::fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let name = self.next_disk_name(storage, vmid, format)?;
+        let path = dir.join(&name);
+        // Convert into a temporary name so that a failed import leaves no half volume.
+        let tmp = dir.join(format!(".{name}.importing"));
+        let src = source.to_string_lossy().into_owned();
+        let tmp_str = tmp.to_string_lossy().into_owned();
+        let result = qemu_img(
+            "convert",
+            &["convert", "-U", "-O", format.as_str(), &src, &tmp_str],
+        )
+        .await
+        .and_then(|_| {
+            std::fs::rename(&tmp, &path).map_err(|source| StorageError::CreateDir {
+                path: path.clone(),
+                source,
+            })
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?;
+        Ok(VolumeId {
+            storage: storage.to_string(),
+            volname: format!("{vmid}/{name}"),
+        })
+    }
+
+    /// Deletes a volume's file.
+    pub fn free(&self, volid: &VolumeId) -> Result<(), StorageError> {
+        let path = self.path(volid)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StorageError::Remove { path, source }),
+        }
+        if let Some(dir) = path.parent() {
+            // Leave no empty per-VM image directory behind; fails harmlessly if not empty.
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+
+    /// Virtual size of a volume in bytes.
+    pub async fn volume_size(&self, volid: &VolumeId) -> Result<u64, StorageError> {
+        let path = self.existing_path(volid)?;
+        Ok(image_info(&path).await?.virtual_size)
+    }
+
+    /// Grows a volume that no running VM uses.
+    pub async fn resize_offline(
+        &self,
+        volid: &VolumeId,
+        new_size: u64,
+    ) -> Result<(), StorageError> {
+        let path = self.existing_path(volid)?;
+        let current = image_info(&path).await?.virtual_size;
+        if new_size < current {
+            return Err(StorageError::Shrink);
+        }
+        let path_str = path.to_string_lossy().into_owned();
+        let size = new_size.to_string();
+        let mut args = vec!["resize", "-q"];
+        if let Some(fmt) = volume_format(volid) {
+            args.extend(["-f", fmt.as_str()]);
+        }
+        args.extend([path_str.as_str(), size.as_str()]);
+        qemu_img("resize", &args).await?;
+        Ok(())
+    }
+
+    /// Space on a pool's file system.
+    pub fn usage(&self, storage: &str) -> Result<PoolUsage, StorageError> {
+        let pool = self.pool(storage)?;
+        let st = rustix::fs::statvfs(&pool.path).map_err(|e| StorageError::Read {
+            path: pool.path.clone(),
+            source: e.into(),
+        })?;
+        let total = st.f_blocks * st.f_frsize;
+        let avail = st.f_bavail * st.f_frsize;
+        let free = st.f_bfree * st.f_frsize;
+        Ok(PoolUsage {
+            total,
+            used: total.saturating_sub(free),
+            avail,
+        })
+    }
+
+    /// Lists a pool's volumes, optionally of one content type and one VM.
+    pub async fn list(
+        &self,
+        storage: &str,
+        content: Option<&str>,
+        vmid: Option<u32>,
+    ) -> Result<Vec<ContentEntry>, StorageError> {
+        let pool = self.pool(storage)?.clone();
+        if let Some(c) = content {
+            if !POOL_CONTENT.contains(&c) {
+                return Err(StorageError::ContentNotSupported {
+                    storage: storage.to_string(),
+                    content: c.to_string(),
+                });
+            }
+        }
+        let wants = |c: &str| content.is_none_or(|want| want == c);
+        let mut out = Vec::new();
+        if wants("images") {
+            let images = pool.path.join("images");
+            for vm_dir in read_dir_sorted(&images)? {
+                let Some(owner) = vm_dir
+                    .file_name()
+                    .and_then(|n| n.to_str()?.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if vmid.is_some_and(|v| v != owner) {
+                    continue;
+                }
+                for file in read_dir_sorted(&vm_dir)? {
+                    let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
+                        continue;
+                    };
+                    if name.starts_with('.') {
+                        continue;
+                    }
+                    let volid = VolumeId {
+                        storage: storage.to_string(),
+                        volname: format!("{owner}/{name}"),
+                    };
+                    let Some(format) = volume_format(&volid) else {
+                        continue;
+                    };
+                    let info = image_info(&file).await.ok();
+                    out.push(ContentEntry {
+                        volid: volid.to_string(),
+                        content: "images".into(),
+                        format: format.as_str().into(),
+                        size: info.as_ref().map(|i| i.virtual_size).unwrap_or(0),
+                        used: info.as_ref().and_then(|i| i.actual_size),
+                        vmid: Some(owner),
+                        ctime: ctime(&file),
+                        parent: info.and_then(|i| i.backing_filename).and_then(|b| {
+                            Path::new(&b)
+                                .file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                        }),
+                    });
+                }
+            }
+        }
+        if vmid.is_none() {
+            let flat: [(&str, PathBuf, &str); 4] = [
+                ("iso", pool.path.join("template/iso"), "iso/"),
+                ("snippets", pool.path.join("snippets"), "snippets/"),
+                ("import", pool.path.join("import"), "import/"),
+                ("backup", pool.path.join("dump"), "backup/"),
+            ];
+            for (kind, dir, prefix) in flat {
+                if !wants(kind) {
+                    continue;
+                }
+                for file in read_dir_sorted(&dir)? {
+                    let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
+                        continue;
+                    };
+                    if name.starts_with('.') || !file.is_file() {
+                        continue;
+                    }
+                    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+                    let format = Path::new(name)
+                        .extension()
+                        .map(|e| e.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "raw".into());
+                    out.push(ContentEntry {
+                        volid: format!("{storage}:{prefix}{name}"),
+                        content: kind.into(),
+                        format,
+                        size,
+                        used: None,
+                        vmid: None,
+                        ctime: ctime(&file),
+                        parent: None,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn ctime(path: &Path) -> Option<i64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ctime())
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            v.sort();
+            Ok(v)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(StorageError::Read {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// `qemu-img info` of an image, readable while a VM uses it (`-U`).
+async fn image_info(path: &Path) -> Result<QemuImgInfo, StorageError> {
+    let p = path.to_string_lossy().into_owned();
+    let out = qemu_img("info", &["info", "-U", "--output=json", &p]).await?;
+    serde_json::from_slice(&out).map_err(|source| StorageError::QemuImgOutput {
+        action: "info",
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_ids() {
+        let v = parse_volid("local:100/vm-100-disk-0.qcow2").unwrap();
+        assert_eq!(volume_format(&v), Some(ImageFormat::Qcow2));
+        let st = Storage::new(PathBuf::from("/p"), None);
+        assert_eq!(
+            st.path(&v).unwrap(),
+            PathBuf::from("/p/images/100/vm-100-disk-0.qcow2")
+        );
+        let iso = parse_volid("local:iso/x.iso").unwrap();
+        assert_eq!(
+            st.path(&iso).unwrap(),
+            PathBuf::from("/p/template/iso/x.iso")
+        );
+        for bad in [
+            "local",
+            ":x",
+            "local:../etc/passwd",
+            "local:/abs",
+            "lo cal:x",
+            "local:a//b",
+        ] {
+            assert!(parse_volid(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn alloc_import_list_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Storage::new(dir.path().join("local"), None);
+        st.create_dirs().unwrap();
+        let v0 = st
+            .alloc("local", 100, 1 << 20, ImageFormat::Qcow2)
+            .await
+            .unwrap();
+        assert_eq!(v0.to_string(), "local:100/vm-100-disk-0.qcow2");
+        let src = st.path(&v0).unwrap();
+        let v1 = st
+            .import("local", 100, &src, ImageFormat::Qcow2)
+            .await
+            .unwrap();
+        assert_eq!(v1.to_string(), "local:100/vm-100-disk-1.qcow2");
+        assert_eq!(st.volume_size(&v1).await.unwrap(), 1 << 20);
+        st.resize_offline(&v1, 2 << 20).await.unwrap();
+        assert!(matches!(
+            st.resize_offline(&v1, 1 << 20).await,
+            Err(StorageError::Shrink)
+        ));
+        let list = st.list("local", Some("images"), None).await.unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1].size, 2 << 20);
+        st.free(&v0).unwrap();
+        st.free(&v1).unwrap();
+        assert!(st.list("local", None, None).await.unwrap().is_empty());
+        assert!(!dir.path().join("local/images/100").exists());
+    }
+}
