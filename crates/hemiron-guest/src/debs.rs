@@ -167,10 +167,8 @@ impl Cache<'_> {
             release,
             modules: index,
         };
-        let json = serde_json::to_vec(&file).map_err(|source| BuildError::ParseCache {
-            path: dir.join("index.json"),
-            source,
-        })?;
+        let json = serde_json::to_vec(&file)
+            .map_err(|source| BuildError::SerializeModuleIndex { source })?;
         write_file(&staging.path().join("index.json"), &json, 0o644)?;
         publish_dir(staging, dir)
     }

@@ -215,7 +215,7 @@ pub(crate) fn convert_to_qcow2(
 fn file_len(path: &Path) -> Result<u64, BuildError> {
     std::fs::metadata(path)
         .map(|m| m.len())
-        .map_err(|source| BuildError::WriteDiskImage {
+        .map_err(|source| BuildError::ReadBootFile {
             path: path.to_path_buf(),
             source,
         })

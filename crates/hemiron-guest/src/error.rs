@@ -106,6 +106,12 @@ pub enum BuildError {
         source: serde_json::Error,
     },
 
+    #[error("serializing the kernel module index")]
+    SerializeModuleIndex {
+        #[source]
+        source: serde_json::Error,
+    },
+
     #[error("writing cache file {path}")]
     WriteCache {
         path: PathBuf,
@@ -165,6 +171,34 @@ pub enum BuildError {
     ConvertImage {
         #[source]
         source: CommandError,
+    },
+
+    #[error("reading boot file {path}")]
+    ReadBootFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("hashing the disk image {path}")]
+    HashImage {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("reading the image manifest {path}")]
+    ReadManifest {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("parsing the image manifest {path}")]
+    ParseManifest {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
     },
 
     #[error("writing output file {path}")]

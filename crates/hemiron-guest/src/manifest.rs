@@ -40,11 +40,11 @@ pub struct Manifest {
 impl Manifest {
     /// Reads a manifest written by [`crate::build`].
     pub fn read(path: &Path) -> Result<Self, BuildError> {
-        let bytes = std::fs::read(path).map_err(|source| BuildError::ReadCache {
+        let bytes = std::fs::read(path).map_err(|source| BuildError::ReadManifest {
             path: path.to_path_buf(),
             source,
         })?;
-        serde_json::from_slice(&bytes).map_err(|source| BuildError::ParseCache {
+        serde_json::from_slice(&bytes).map_err(|source| BuildError::ParseManifest {
             path: path.to_path_buf(),
             source,
         })
@@ -63,7 +63,7 @@ impl Manifest {
 
 /// SHA-256 of a file's contents, lowercase hex.
 pub(crate) fn sha256_file(path: &Path) -> Result<String, BuildError> {
-    let err = |source| BuildError::WriteOutput {
+    let err = |source| BuildError::HashImage {
         path: path.to_path_buf(),
         source,
     };

@@ -43,8 +43,10 @@ pub(crate) const GUEST_MODULES: &[&str] = &[
     // ACPI power button -> /dev/input/event*, which busybox acpid watches
     "button",
     "evdev",
-    // the FAT boot partition (mounted by label for persistent state)
+    // the FAT boot partition (mounted by label for persistent state); Debian's FAT default
+    // iocharset is "ascii", so mounting fails without nls_ascii
     "vfat",
+    "nls_ascii",
     "nls_cp437",
     "nls_iso8859_1",
     "nls_utf8",

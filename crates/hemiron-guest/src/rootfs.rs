@@ -76,6 +76,11 @@ const BASE_FILES: &[(&str, u32, &str)] = &[
         include_str!("../guest/base/etc/hemiron/lib.sh"),
     ),
     (
+        "etc/hemiron/hotplug",
+        0o755,
+        include_str!("../guest/base/etc/hemiron/hotplug"),
+    ),
+    (
         "etc/udhcpc/default.script",
         0o755,
         include_str!("../guest/base/etc/udhcpc/default.script"),
@@ -332,6 +337,42 @@ mod tests {
                 is_script || REQUIRED_APPLETS.contains(&applet),
                 "inittab runs {program}, which is neither a shipped script nor a checked applet"
             );
+        }
+    }
+
+    /// Every file under `guest/` must be shipped: a script left out fails only at boot.
+    #[test]
+    fn every_guest_file_is_shipped() {
+        fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        for (kind, table) in [("base", BASE_FILES), ("test-hooks", TEST_HOOK_FILES)] {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("guest")
+                .join(kind);
+            let mut files = Vec::new();
+            walk(&root, &mut files);
+            for file in files {
+                let rel = file
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                let shipped = table.iter().find(|(path, _, _)| *path == rel);
+                let (_, mode, contents) =
+                    shipped.unwrap_or_else(|| panic!("guest/{kind}/{rel} is not in the image"));
+                assert_eq!(*contents, std::fs::read_to_string(&file).unwrap());
+                let executable = contents.starts_with("#!");
+                assert_eq!(mode & 0o111 != 0, executable, "{rel}: mode vs shebang");
+            }
         }
     }
 }

@@ -159,6 +159,11 @@ impl Vm {
     /// Boots `image` (through a fresh overlay, never the image itself) from `controller`, with
     /// the guest's port 80 forwarded to a free port on 127.0.0.1.
     pub fn start(image: &Image, controller: Controller) -> Vm {
+        Vm::start_with(image, controller, &[])
+    }
+
+    /// [`Vm::start`] with extra QEMU arguments (more devices).
+    pub fn start_with(image: &Image, controller: Controller, extra: &[String]) -> Vm {
         let qemu = "qemu-system-x86_64";
         assert!(
             Command::new(qemu).arg("--version").output().is_ok(),
@@ -241,6 +246,11 @@ impl Vm {
     }
 
     /// Polls `GET path` until `check` accepts the answer or `timeout` passes.
+    ///
+    /// QEMU accepts on the forwarded port before the guest can answer, and such a request
+    /// hangs rather than fails; a fresh attempt starts every [`POLL`] while earlier ones are
+    /// still waiting (each for up to 2 s), so the first answer is seen within one poll
+    /// interval however slow the guest is.
     pub fn wait_http(
         &mut self,
         path: &str,
@@ -248,6 +258,8 @@ impl Vm {
         check: impl Fn(u16, &str) -> bool,
     ) -> (u16, String) {
         let deadline = Instant::now() + timeout;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut last = String::from("no answer yet");
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
@@ -255,20 +267,25 @@ impl Vm {
                     self.diagnostics()
                 );
             }
-            // QEMU accepts on the forwarded port before the guest has an address, and such a
-            // request hangs rather than fails: give up quickly and ask again.
-            let last = match http_get_within(self.port, path, Duration::from_millis(500)) {
-                Ok((status, body)) if check(status, &body) => return (status, body),
-                Ok((status, body)) => format!("{status}: {body}"),
-                Err(e) => e.to_string(),
-            };
+            let (tx, port, attempt_path) = (tx.clone(), self.port, path.to_string());
+            std::thread::spawn(move || {
+                // The receiver is gone once an earlier attempt succeeded; nothing to report.
+                let _ = tx.send(http_get_within(port, &attempt_path, Duration::from_secs(2)));
+            });
+            let first = rx.recv_timeout(POLL).ok();
+            for answer in first.into_iter().chain(rx.try_iter()) {
+                match answer {
+                    Ok((status, body)) if check(status, &body) => return (status, body),
+                    Ok((status, body)) => last = format!("{status}: {body}"),
+                    Err(e) => last = e.to_string(),
+                }
+            }
             if Instant::now() >= deadline {
                 panic!(
                     "GET {path} not as expected within {timeout:?}; last: {last}\n{}",
                     self.diagnostics()
                 );
             }
-            std::thread::sleep(POLL);
         }
     }
 

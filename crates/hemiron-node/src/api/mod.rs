@@ -189,12 +189,8 @@ async fn authenticate(State(node): State<Arc<Node>>, mut req: Request, next: Nex
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|c| cookie_value(c, "PVEAuthCookie").map(str::to_string));
-    let cookie = cookie.map(|c| {
-        form_urlencoded::parse(format!("x={c}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or(c)
-    });
+    // Cookies are URI-escaped (not form-encoded: a `+` in the signature stays a `+`).
+    let cookie = cookie.map(|c| crate::auth::percent_decode(&c));
     let csrf = headers
         .get("CSRFPreventionToken")
         .and_then(|v| v.to_str().ok())

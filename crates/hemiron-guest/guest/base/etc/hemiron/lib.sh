@@ -64,11 +64,12 @@ HTML
 }
 
 # Brings up interface $1 and runs a DHCP client on it. udhcpc sends its first DISCOVER at once
-# but runs in the background, so a network without a DHCP server never holds anything up.
+# but runs in the background, so a network without a DHCP server never holds anything up. A
+# DISCOVER sent before the link is up gets lost; -T 1 retries after a second (default 3).
 hemiron_dhcp() {
 	ip link set "$1" up
 	udhcpc -b -i "$1" -s /etc/udhcpc/default.script -p "/run/udhcpc.$1.pid" \
-		-x "hostname:$(hostname)" -T 2 -A 5 \
+		-x "hostname:$(hostname)" -t 5 -T 1 -A 3 \
 		</dev/null >"/run/hemiron/udhcpc.$1.log" 2>&1 &
 }
 
