@@ -107,10 +107,54 @@ fn vm_boots_from_virtio_blk() {
 }
 
 #[test]
-fn vm_test_hook_decodes_commands() {
+fn vm_test_hook_decodes_commands_and_file_systems_mount() {
     let image = common::image(true);
-    let mut vm = Vm::start(&image, Controller::VirtioBlk);
+    // A second disk with an ext4 file system as mkfs.ext4 makes it today (metadata_csum, so
+    // mounting needs crc32c).
+    let scratch = tempfile::tempdir().unwrap();
+    let ext4 = scratch.path().join("data.ext4");
+    std::fs::File::create(&ext4)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "hemirondata"])
+        .arg(&ext4)
+        .output()
+        .expect("mkfs.ext4 (package e2fsprogs) runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let extra = [
+        "-blockdev".to_string(),
+        format!(
+            "driver=file,filename={},node-name=data0,read-only=on",
+            ext4.display()
+        ),
+        "-device".to_string(),
+        "virtio-blk-pci,drive=data0,id=virtio1,bus=pci.0,addr=0xb".to_string(),
+    ];
+    let mut vm = Vm::start_with(&image, Controller::VirtioBlk, &extra);
     vm.wait_http("/", BOOT_TIMEOUT, page_names_host);
+
+    // The boot partition, found by label, takes persistent state.
+    let fat = run_in_guest(
+        &mut vm,
+        "mkdir -p /mnt/boot && mount -t vfat \"$(findfs LABEL=HEMIRONBOOT)\" /mnt/boot && \
+         echo kept >/mnt/boot/state && cat /mnt/boot/state && ls /mnt/boot && umount /mnt/boot",
+    );
+    assert!(
+        fat.starts_with("kept\n") && fat.contains("vmlinuz"),
+        "{fat}"
+    );
+    let ext4 = run_in_guest(
+        &mut vm,
+        "mkdir -p /mnt/data && mount -t ext4 -o ro \"$(findfs LABEL=hemirondata)\" /mnt/data && \
+         ls /mnt/data && umount /mnt/data",
+    );
+    assert!(ext4.contains("lost+found"), "{ext4}");
 
     assert!(run_in_guest(&mut vm, "cat /etc/hemiron-test-hooks").contains("For tests only"));
     // Spaces, '+', '/', '=', '&', both quote kinds, '%', backslashes and newlines survive.

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The node agent's API without booting VMs: discovery endpoints, authentication, bad input,
 //! TLS, and crash safety of config writes. Every answer is checked against the Proxmox schema.
 
@@ -23,7 +24,10 @@ fn discovery_endpoints_answer_as_proxmox() {
     assert_eq!(nodes[0]["status"], "online");
 
     let st = api.get("/nodes/n1/status", &[]).ok();
-    assert_eq!(st["accel"], "tcg", "this machine's KVM is the PVM kind: auto must pick TCG");
+    assert_eq!(
+        st["accel"], "tcg",
+        "this machine's KVM is the PVM kind: auto must pick TCG"
+    );
     assert!(st["memory"]["total"].as_u64().unwrap() > 0);
 
     let res = api.get("/cluster/resources", &[]).ok();
@@ -55,12 +59,18 @@ fn credentials_tokens_and_tickets() {
     let started = Instant::now();
     let r = anon.get("/version", &[]);
     assert_eq!(r.status, 401);
-    assert!(started.elapsed() >= Duration::from_secs(3), "401 must be delayed like Proxmox");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "401 must be delayed like Proxmox"
+    );
 
     // A wrong secret, and a token added while the agent runs (accepted at once).
     let bad = Api::new(
         &agent.url,
-        Some(("Authorization".into(), "PVEAPIToken=root@pam!test=nope".into())),
+        Some((
+            "Authorization".into(),
+            "PVEAPIToken=root@pam!test=nope".into(),
+        )),
     );
     assert_eq!(bad.get("/version", &[]).status, 401);
     let secret = agent.add_token("root@pam!second");
@@ -75,7 +85,10 @@ fn credentials_tokens_and_tickets() {
 
     // A password user: no default password exists, `user add` reads it from stdin.
     let anon = Api::new(&agent.url, None);
-    let r = anon.post("/access/ticket", &[("username", "alice@pve"), ("password", "pw")]);
+    let r = anon.post(
+        "/access/ticket",
+        &[("username", "alice@pve"), ("password", "pw")],
+    );
     assert_eq!(r.status, 401);
     let mut child = Command::new(hemiron())
         .args(["node", "user", "add", "--data-dir"])
@@ -85,13 +98,25 @@ fn credentials_tokens_and_tickets() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"s3cret-pw\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret-pw\n")
+        .unwrap();
     assert!(child.wait().unwrap().success());
     let users = std::fs::read_to_string(agent.data_dir().join("auth/users.json")).unwrap();
     assert!(users.contains("$argon2id$") && !users.contains("s3cret-pw"));
 
     let login = anon
-        .post("/access/ticket", &[("username", "alice"), ("realm", "pve"), ("password", "s3cret-pw")])
+        .post(
+            "/access/ticket",
+            &[
+                ("username", "alice"),
+                ("realm", "pve"),
+                ("password", "s3cret-pw"),
+            ],
+        )
         .ok();
     let ticket = login["ticket"].as_str().unwrap().to_string();
     let csrf = login["CSRFPreventionToken"].as_str().unwrap().to_string();
@@ -115,12 +140,22 @@ fn credentials_tokens_and_tickets() {
     assert_eq!(r.status(), 200);
     // Renewal: the ticket as the password.
     let renewed = anon
-        .post("/access/ticket", &[("username", "alice@pve"), ("password", &ticket)])
+        .post(
+            "/access/ticket",
+            &[("username", "alice@pve"), ("password", &ticket)],
+        )
         .ok();
-    assert!(renewed["ticket"].as_str().unwrap().starts_with("PVE:alice@pve:"));
+    assert!(renewed["ticket"]
+        .as_str()
+        .unwrap()
+        .starts_with("PVE:alice@pve:"));
     // A ticket is not a password for someone else.
     assert_eq!(
-        anon.post("/access/ticket", &[("username", "root@pam"), ("password", &ticket)]).status,
+        anon.post(
+            "/access/ticket",
+            &[("username", "root@pam"), ("password", &ticket)]
+        )
+        .status,
         401
     );
 }
@@ -131,11 +166,20 @@ fn bad_input_gets_proxmox_errors() {
     let api = agent.api();
     let r = api.get("/nodes/n1/qemu/abc/config", &[]);
     assert_eq!(r.status, 400);
-    assert_eq!(r.body["errors"]["vmid"], "type check ('integer') failed - got 'abc'");
+    assert_eq!(
+        r.body["errors"]["vmid"],
+        "type check ('integer') failed - got 'abc'"
+    );
     let (code, reason) = api.reason_phrase("GET", "/nodes/n1/qemu/abc/config", &[]);
-    assert_eq!((code, reason.as_str()), (400, "Parameter verification failed."));
+    assert_eq!(
+        (code, reason.as_str()),
+        (400, "Parameter verification failed.")
+    );
 
-    let r = api.post("/nodes/n1/qemu", &[("vmid", "100"), ("bogus", "1"), ("memory", "x")]);
+    let r = api.post(
+        "/nodes/n1/qemu",
+        &[("vmid", "100"), ("bogus", "1"), ("memory", "x")],
+    );
     assert_eq!(r.status, 400);
     assert_eq!(
         r.body["errors"]["bogus"],
@@ -145,31 +189,61 @@ fn bad_input_gets_proxmox_errors() {
     assert!(!agent.data_dir().join("qemu-server/100.conf").exists());
 
     // Properties this node cannot honour are refused by name.
-    let r = api.post("/nodes/n1/qemu", &[("vmid", "100"), ("hostpci0", "0000:01:00.0")]);
+    let r = api.post(
+        "/nodes/n1/qemu",
+        &[("vmid", "100"), ("hostpci0", "0000:01:00.0")],
+    );
     assert_eq!(r.status, 400);
-    assert!(r.body["errors"]["hostpci0"].as_str().unwrap().contains("not supported"));
+    assert!(r.body["errors"]["hostpci0"]
+        .as_str()
+        .unwrap()
+        .contains("not supported"));
 
     // A VM that does not exist: Proxmox's 500 with the message as reason phrase.
     let (code, reason) = api.reason_phrase("GET", "/nodes/n1/qemu/999/status/current", &[]);
     assert_eq!(code, 500);
-    assert_eq!(reason, "Configuration file 'nodes/n1/qemu-server/999.conf' does not exist");
+    assert_eq!(
+        reason,
+        "Configuration file 'nodes/n1/qemu-server/999.conf' does not exist"
+    );
 
     let (code, reason) = api.reason_phrase("GET", "/nodes/n1/nothing", &[]);
-    assert_eq!((code, reason.as_str()), (501, "Method 'GET /nodes/n1/nothing' not implemented"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (501, "Method 'GET /nodes/n1/nothing' not implemented")
+    );
     let (code, _) = api.reason_phrase("PUT", "/version", &[]);
     assert_eq!(code, 501);
 
     // Stale digest.
-    api.task_ok("n1", "POST", "/nodes/n1/qemu", &[("vmid", "101"), ("memory", "64")]);
-    let digest = api.get("/nodes/n1/qemu/101/config", &[]).ok()["digest"].as_str().unwrap().to_string();
-    api.put("/nodes/n1/qemu/101/config", &[("name", "one"), ("digest", &digest)]).ok();
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu",
+        &[("vmid", "101"), ("memory", "64")],
+    );
+    let digest = api.get("/nodes/n1/qemu/101/config", &[]).ok()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.put(
+        "/nodes/n1/qemu/101/config",
+        &[("name", "one"), ("digest", &digest)],
+    )
+    .ok();
     let (code, reason) = api.reason_phrase(
         "PUT",
         "/nodes/n1/qemu/101/config",
         &[("name", "two"), ("digest", &digest)],
     );
-    assert_eq!((code, reason.as_str()), (500, "checksum mismatch (file change by other user?)"));
-    assert_eq!(api.get("/nodes/n1/qemu/101/config", &[]).ok()["name"], "one");
+    assert_eq!(
+        (code, reason.as_str()),
+        (500, "checksum mismatch (file change by other user?)")
+    );
+    assert_eq!(
+        api.get("/nodes/n1/qemu/101/config", &[]).ok()["name"],
+        "one"
+    );
 
     // A config lock refuses operations; `delete=lock` with skiplock clears it.
     let conf = agent.data_dir().join("qemu-server/101.conf");
@@ -180,14 +254,27 @@ fn bad_input_gets_proxmox_errors() {
     assert_eq!(st["exitstatus"], "VM is locked (backup)");
     let (code, reason) = api.reason_phrase("PUT", "/nodes/n1/qemu/101/config", &[("name", "x")]);
     assert_eq!((code, reason.as_str()), (500, "VM is locked (backup)"));
-    api.put("/nodes/n1/qemu/101/config", &[("delete", "lock"), ("skiplock", "1")]).ok();
-    assert!(api.get("/nodes/n1/qemu/101/config", &[]).ok().get("lock").is_none());
+    api.put(
+        "/nodes/n1/qemu/101/config",
+        &[("delete", "lock"), ("skiplock", "1")],
+    )
+    .ok();
+    assert!(api
+        .get("/nodes/n1/qemu/101/config", &[])
+        .ok()
+        .get("lock")
+        .is_none());
 
     // Deleting: protection first.
-    api.put("/nodes/n1/qemu/101/config", &[("protection", "1")]).ok();
+    api.put("/nodes/n1/qemu/101/config", &[("protection", "1")])
+        .ok();
     let (code, reason) = api.reason_phrase("DELETE", "/nodes/n1/qemu/101", &[]);
-    assert_eq!((code, reason.as_str()), (500, "can't remove VM 101 - protection mode enabled"));
-    api.put("/nodes/n1/qemu/101/config", &[("protection", "0")]).ok();
+    assert_eq!(
+        (code, reason.as_str()),
+        (500, "can't remove VM 101 - protection mode enabled")
+    );
+    api.put("/nodes/n1/qemu/101/config", &[("protection", "0")])
+        .ok();
     api.task_ok("n1", "DELETE", "/nodes/n1/qemu/101", &[("purge", "1")]);
     assert!(!conf.exists());
 }
@@ -212,7 +299,15 @@ fn https_with_a_self_signed_certificate() {
 fn one_agent_per_data_dir() {
     let agent = Agent::start();
     let out = Command::new(hemiron())
-        .args(["node", "--http", "--listen", "127.0.0.1:0", "--name", "n1", "--data-dir"])
+        .args([
+            "node",
+            "--http",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "n1",
+            "--data-dir",
+        ])
         .arg(agent.data_dir())
         .output()
         .unwrap();
@@ -229,7 +324,12 @@ fn config_writes_survive_kills() {
     let api = agent.api();
     let vmids: Vec<String> = (200..204).map(|v| v.to_string()).collect();
     for v in &vmids {
-        api.task_ok("n1", "POST", "/nodes/n1/qemu", &[("vmid", v), ("memory", "64"), ("name", "start")]);
+        api.task_ok(
+            "n1",
+            "POST",
+            "/nodes/n1/qemu",
+            &[("vmid", v), ("memory", "64"), ("name", "start")],
+        );
     }
     let mut rng = rand::thread_rng();
     let mut torn = 0;
@@ -249,7 +349,10 @@ fn config_writes_survive_kills() {
                         // Errors are expected once the agent is killed.
                         let _ = api.try_put(
                             &path,
-                            &[("name", &name), ("description", &"d".repeat(i as usize % 300))],
+                            &[
+                                ("name", &name),
+                                ("description", &"d".repeat(i as usize % 300)),
+                            ],
                         );
                         i += 1;
                     }
@@ -265,9 +368,8 @@ fn config_writes_survive_kills() {
         for v in &vmids {
             let path = agent.data_dir().join(format!("qemu-server/{v}.conf"));
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let ok = hemiron_pve::config::parse(&text).is_ok_and(|c| {
-                c.get("memory") == Some("64") && c.get("name").is_some()
-            });
+            let ok = hemiron_pve::config::parse(&text)
+                .is_ok_and(|c| c.get("memory") == Some("64") && c.get("name").is_some());
             if !ok {
                 torn += 1;
                 eprintln!("round {round}: torn config {v}:\n{text}");
@@ -279,11 +381,16 @@ fn config_writes_survive_kills() {
     // Leftover temporary files of interrupted writes never count as configs.
     let confs = std::fs::read_dir(agent.data_dir().join("qemu-server"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".conf"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".conf")
+        })
         .count();
     assert_eq!(confs, vmids.len());
-    let _ = wait_for("agent answers", Duration::from_secs(10), || {
+    wait_for("agent answers", Duration::from_secs(10), || {
         (agent.api().get("/version", &[]).status == 200).then_some(())
     });
 }
-

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The node agent with real QEMU VMs booting the project's guest image (TCG here).
 //! Test names start with `vm_` so nextest runs them one at a time.
 
@@ -8,7 +9,8 @@ use std::time::{Duration, Instant};
 use common::{create_vm, forward, guest_run, hemiron, wait_for, wait_guest, Agent};
 
 fn status(api: &common::Api, vmid: u32) -> serde_json::Value {
-    api.get(&format!("/nodes/n1/qemu/{vmid}/status/current"), &[]).ok()
+    api.get(&format!("/nodes/n1/qemu/{vmid}/status/current"), &[])
+        .ok()
 }
 
 fn qemu_cmdline(pid: u64) -> Vec<String> {
@@ -27,10 +29,18 @@ fn vm_full_lifecycle() {
     create_vm(&api, "n1", 100, &[("name", "life")]);
     let conf = api.get("/nodes/n1/qemu/100/config", &[]).ok();
     let net0 = conf["net0"].as_str().unwrap();
-    assert!(net0.starts_with("virtio=BC:24:11:"), "MAC in Proxmox form: {net0}");
-    assert!(conf["scsi0"].as_str().unwrap().starts_with("local:100/vm-100-disk-0.qcow2,size="));
+    assert!(
+        net0.starts_with("virtio=BC:24:11:"),
+        "MAC in Proxmox form: {net0}"
+    );
+    assert!(conf["scsi0"]
+        .as_str()
+        .unwrap()
+        .starts_with("local:100/vm-100-disk-0.qcow2,size="));
     assert_eq!(conf["boot"], "order=scsi0;net0");
-    let content = api.get("/nodes/n1/storage/local/content", &[("content", "images")]).ok();
+    let content = api
+        .get("/nodes/n1/storage/local/content", &[("content", "images")])
+        .ok();
     assert_eq!(content[0]["volid"], "local:100/vm-100-disk-0.qcow2");
 
     let t0 = Instant::now();
@@ -38,7 +48,10 @@ fn vm_full_lifecycle() {
     let web = forward(&api, "n1", 100, 80);
     let page = wait_guest(&web);
     eprintln!("start to first guest answer: {:?}", t0.elapsed());
-    assert!(page.contains("hemiron-guest"), "page names the hostname: {page}");
+    assert!(
+        page.contains("hemiron-guest"),
+        "page names the hostname: {page}"
+    );
 
     let st = status(&api, 100);
     assert_eq!(st["status"], "running");
@@ -74,13 +87,27 @@ fn vm_full_lifecycle() {
     assert_eq!(list[0]["hemiron-forwards"]["80"], web.as_str());
 
     // Changes to a running VM: hardware goes to pending, the name applies at once.
-    api.put("/nodes/n1/qemu/100/config", &[("memory", "192"), ("name", "renamed")]).ok();
+    api.put(
+        "/nodes/n1/qemu/100/config",
+        &[("memory", "192"), ("name", "renamed")],
+    )
+    .ok();
     let pending = api.get("/nodes/n1/qemu/100/pending", &[]).ok();
-    let mem = pending.as_array().unwrap().iter().find(|p| p["key"] == "memory").unwrap();
+    let mem = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "memory")
+        .unwrap();
     assert_eq!(mem["value"], "128");
     assert_eq!(mem["pending"], "192");
-    assert_eq!(api.get("/nodes/n1/qemu/100/config", &[]).ok()["memory"], "192");
-    let current = api.get("/nodes/n1/qemu/100/config", &[("current", "1")]).ok();
+    assert_eq!(
+        api.get("/nodes/n1/qemu/100/config", &[]).ok()["memory"],
+        "192"
+    );
+    let current = api
+        .get("/nodes/n1/qemu/100/config", &[("current", "1")])
+        .ok();
     assert_eq!(current["memory"], "128");
     assert_eq!(current["name"], "renamed");
 
@@ -95,22 +122,40 @@ fn vm_full_lifecycle() {
         .trim()
         .parse()
         .unwrap();
-    assert!(mem_kb > 128 * 1024, "guest sees the new memory size: {mem_kb} kB");
-    assert!(api.get("/nodes/n1/qemu/100/pending", &[]).ok().as_array().unwrap().iter().all(|p| p.get("pending").is_none()));
-    assert_eq!(api.get("/nodes/n1/qemu/100/config", &[("current", "1")]).ok()["memory"], "192");
+    assert!(
+        mem_kb > 128 * 1024,
+        "guest sees the new memory size: {mem_kb} kB"
+    );
+    assert!(api
+        .get("/nodes/n1/qemu/100/pending", &[])
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p.get("pending").is_none()));
+    assert_eq!(
+        api.get("/nodes/n1/qemu/100/config", &[("current", "1")])
+            .ok()["memory"],
+        "192"
+    );
 
     // A guest that powers itself off shows stopped within 1 s of QEMU's exit, cleaned up.
     let pid = status(&api, 100)["pid"].as_u64().unwrap();
     let _ = guest_run(&web, "(sleep 1; poweroff) >/dev/null 2>&1 &");
     let gone = wait_for("QEMU exit", Duration::from_secs(60), || {
         (!std::path::Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")))
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")))
         .then(Instant::now)
     });
     wait_for("stopped status", Duration::from_secs(5), || {
         (status(&api, 100)["status"] == "stopped").then_some(())
     });
-    assert!(gone.elapsed() < Duration::from_secs(1), "stopped {:?} after exit", gone.elapsed());
+    assert!(
+        gone.elapsed() < Duration::from_secs(1),
+        "stopped {:?} after exit",
+        gone.elapsed()
+    );
     let run = agent.data_dir().join("run");
     for f in ["100.pid", "100.qmp", "100.vnc"] {
         assert!(!run.join(f).exists(), "{f} left behind");
@@ -119,16 +164,36 @@ fn vm_full_lifecycle() {
     // ACPI shutdown through the API.
     api.task_ok("n1", "POST", "/nodes/n1/qemu/100/status/start", &[]);
     wait_guest(&web);
-    api.task_ok("n1", "POST", "/nodes/n1/qemu/100/status/shutdown", &[("timeout", "60")]);
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu/100/status/shutdown",
+        &[("timeout", "60")],
+    );
     assert_eq!(status(&api, 100)["status"], "stopped");
 
     // Delete frees disks and forwards.
-    api.task_ok("n1", "DELETE", "/nodes/n1/qemu/100", &[("purge", "1"), ("destroy-unreferenced-disks", "1")]);
-    assert!(api.get("/nodes/n1/storage/local/content", &[]).ok().as_array().unwrap().is_empty());
+    api.task_ok(
+        "n1",
+        "DELETE",
+        "/nodes/n1/qemu/100",
+        &[("purge", "1"), ("destroy-unreferenced-disks", "1")],
+    );
+    assert!(api
+        .get("/nodes/n1/storage/local/content", &[])
+        .ok()
+        .as_array()
+        .unwrap()
+        .is_empty());
     let fw = std::fs::read_to_string(agent.data_dir().join("forwards.json")).unwrap();
     assert!(!fw.contains("\"100\""));
     let tasks = api.get("/nodes/n1/tasks", &[("vmid", "100"), ("limit", "100")]);
-    let types: Vec<&str> = tasks.body["data"].as_array().unwrap().iter().map(|t| t["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = tasks.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["type"].as_str().unwrap())
+        .collect();
     for t in ["qmcreate", "qmstart", "qmreboot", "qmshutdown", "qmdestroy"] {
         assert!(types.contains(&t), "task history has {t}: {types:?}");
     }
@@ -140,7 +205,12 @@ fn vm_controllers_and_live_resize() {
     let api = agent.api();
     let image = common::guest_image();
     let disk = format!("local:0,import-from={}", image.display());
-    create_vm(&api, "n1", 101, &[("scsihw", "virtio-scsi-pci"), ("scsi0", &disk)]);
+    create_vm(
+        &api,
+        "n1",
+        101,
+        &[("scsihw", "virtio-scsi-pci"), ("scsi0", &disk)],
+    );
     create_vm(&api, "n1", 102, &[("virtio0", &disk)]);
     api.task_ok("n1", "POST", "/nodes/n1/qemu/101/status/start", &[]);
     api.task_ok("n1", "POST", "/nodes/n1/qemu/102/status/start", &[]);
@@ -150,10 +220,19 @@ fn vm_controllers_and_live_resize() {
     wait_guest(&web102);
 
     let sectors = |web: &str, dev: &str| -> u64 {
-        guest_run(web, &format!("cat /sys/block/{dev}/size")).unwrap().trim().parse().unwrap()
+        guest_run(web, &format!("cat /sys/block/{dev}/size"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     };
     let before = sectors(&web102, "vda");
-    api.task_ok("n1", "PUT", "/nodes/n1/qemu/102/resize", &[("disk", "virtio0"), ("size", "+64M")]);
+    api.task_ok(
+        "n1",
+        "PUT",
+        "/nodes/n1/qemu/102/resize",
+        &[("disk", "virtio0"), ("size", "+64M")],
+    );
     let after = wait_for("guest sees the new size", Duration::from_secs(20), || {
         let s = sectors(&web102, "vda");
         (s > before).then_some(s)
@@ -167,25 +246,49 @@ fn vm_controllers_and_live_resize() {
     )));
 
     let before = sectors(&web101, "sda");
-    api.task_ok("n1", "PUT", "/nodes/n1/qemu/101/resize", &[("disk", "scsi0"), ("size", "+32M")]);
-    let after = wait_for("SCSI guest sees the new size", Duration::from_secs(20), || {
-        let _ = guest_run(&web101, "echo 1 > /sys/class/block/sda/device/rescan");
-        let s = sectors(&web101, "sda");
-        (s > before).then_some(s)
-    });
+    api.task_ok(
+        "n1",
+        "PUT",
+        "/nodes/n1/qemu/101/resize",
+        &[("disk", "scsi0"), ("size", "+32M")],
+    );
+    let after = wait_for(
+        "SCSI guest sees the new size",
+        Duration::from_secs(20),
+        || {
+            let _ = guest_run(&web101, "echo 1 > /sys/class/block/sda/device/rescan");
+            let s = sectors(&web101, "sda");
+            (s > before).then_some(s)
+        },
+    );
     assert_eq!(after - before, 32 * 1024 * 2);
 
     // Shrinking is refused and changes nothing.
-    let upid = api.put("/nodes/n1/qemu/101/resize", &[("disk", "scsi0"), ("size", "1M")]).ok();
+    let upid = api
+        .put(
+            "/nodes/n1/qemu/101/resize",
+            &[("disk", "scsi0"), ("size", "1M")],
+        )
+        .ok();
     let st = api.wait_task("n1", upid.as_str().unwrap(), Duration::from_secs(30));
     assert_eq!(st["exitstatus"], "shrinking disks is not supported");
-    let r = api.put("/nodes/n1/qemu/101/resize", &[("disk", "scsi0"), ("size", "-1G")]);
+    let r = api.put(
+        "/nodes/n1/qemu/101/resize",
+        &[("disk", "scsi0"), ("size", "-1G")],
+    );
     assert_eq!(r.status, 400);
 
     // Offline resize of a stopped VM.
     api.task_ok("n1", "POST", "/nodes/n1/qemu/102/status/stop", &[]);
-    api.task_ok("n1", "PUT", "/nodes/n1/qemu/102/resize", &[("disk", "virtio0"), ("size", "+1M")]);
-    let list = api.get("/nodes/n1/storage/local/content", &[("vmid", "102")]).ok();
+    api.task_ok(
+        "n1",
+        "PUT",
+        "/nodes/n1/qemu/102/resize",
+        &[("disk", "virtio0"), ("size", "+1M")],
+    );
+    let list = api
+        .get("/nodes/n1/storage/local/content", &[("vmid", "102")])
+        .ok();
     assert_eq!(list[0]["size"].as_u64().unwrap(), size102 + 1024 * 1024);
 }
 
@@ -216,13 +319,17 @@ fn vm_shutdown_timeouts_locks_and_power_states() {
 
     // A guest that ignores ACPI: shutdown fails after its timeout, the VM still runs.
     guest_run(&web, "killall acpid; echo killed").unwrap();
-    let upid = api.post("/nodes/n1/qemu/103/status/shutdown", &[("timeout", "3")]).ok();
+    let upid = api
+        .post("/nodes/n1/qemu/103/status/shutdown", &[("timeout", "3")])
+        .ok();
     let st = api.wait_task("n1", upid.as_str().unwrap(), Duration::from_secs(30));
     assert_eq!(st["exitstatus"], "VM quit/powerdown failed - got timeout");
     assert_eq!(status(&api, 103)["status"], "running");
 
     // While a long shutdown holds the VM's lock, a config change waits 10 s, then fails.
-    let long = api.post("/nodes/n1/qemu/103/status/shutdown", &[("timeout", "25")]).ok();
+    let long = api
+        .post("/nodes/n1/qemu/103/status/shutdown", &[("timeout", "25")])
+        .ok();
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     let (code, reason) = api.reason_phrase("PUT", "/nodes/n1/qemu/103/config", &[("name", "x")]);
@@ -230,7 +337,12 @@ fn vm_shutdown_timeouts_locks_and_power_states() {
     assert!(reason.contains("got timeout"), "{reason}");
     assert!(t.elapsed() >= Duration::from_secs(9) && t.elapsed() < Duration::from_secs(15));
     // `overrule-shutdown` ends the waiting shutdown and stops the VM.
-    api.task_ok("n1", "POST", "/nodes/n1/qemu/103/status/stop", &[("overrule-shutdown", "1")]);
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu/103/status/stop",
+        &[("overrule-shutdown", "1")],
+    );
     let st = api.wait_task("n1", long.as_str().unwrap(), Duration::from_secs(30));
     assert_eq!(st["exitstatus"], "interrupted by signal");
     assert_eq!(status(&api, 103)["status"], "stopped");
@@ -240,7 +352,12 @@ fn vm_shutdown_timeouts_locks_and_power_states() {
     wait_guest(&web);
     guest_run(&web, "killall acpid; echo killed").unwrap();
     let t = Instant::now();
-    api.task_ok("n1", "POST", "/nodes/n1/qemu/103/status/shutdown", &[("timeout", "2"), ("forceStop", "1")]);
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu/103/status/shutdown",
+        &[("timeout", "2"), ("forceStop", "1")],
+    );
     assert!(t.elapsed() >= Duration::from_secs(2));
     assert_eq!(status(&api, 103)["status"], "stopped");
 
@@ -248,11 +365,18 @@ fn vm_shutdown_timeouts_locks_and_power_states() {
     api.task_ok("n1", "POST", "/nodes/n1/qemu/103/status/start", &[]);
     let pid = status(&api, 103)["pid"].as_u64().unwrap();
     let t = Instant::now();
-    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
     wait_for("stopped after kill", Duration::from_secs(5), || {
         (status(&api, 103)["status"] == "stopped").then_some(())
     });
-    assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
     assert!(!agent.data_dir().join("run/103.qmp").exists());
 }
 
@@ -264,15 +388,25 @@ fn vm_agent_restart_readopts_running_vms() {
     let api = agent.api();
     for vmid in [110, 111, 112] {
         create_vm(&api, "n1", vmid, &[]);
-        api.task_ok("n1", "POST", &format!("/nodes/n1/qemu/{vmid}/status/start"), &[]);
+        api.task_ok(
+            "n1",
+            "POST",
+            &format!("/nodes/n1/qemu/{vmid}/status/start"),
+            &[],
+        );
     }
-    let pids: Vec<u64> = [110, 111, 112].iter().map(|v| status(&api, *v)["pid"].as_u64().unwrap()).collect();
+    let pids: Vec<u64> = [110, 111, 112]
+        .iter()
+        .map(|v| status(&api, *v)["pid"].as_u64().unwrap())
+        .collect();
     let web = forward(&api, "n1", 110, 80);
     wait_guest(&web);
 
     // A task cut off by the crash ends as `unexpected status`.
     guest_run(&web, "killall acpid; echo killed").unwrap();
-    let cut = api.post("/nodes/n1/qemu/110/status/shutdown", &[("timeout", "120")]).ok();
+    let cut = api
+        .post("/nodes/n1/qemu/110/status/shutdown", &[("timeout", "120")])
+        .ok();
     std::thread::sleep(Duration::from_millis(300));
 
     let mut worst = Duration::ZERO;
@@ -294,13 +428,20 @@ fn vm_agent_restart_readopts_running_vms() {
     }
     eprintln!("re-adoption: 5/5 within 2 s, worst {worst:?}");
     let api = agent.api();
-    let st = api.get(&format!("/nodes/n1/tasks/{}/status", cut.as_str().unwrap()), &[]).ok();
+    let st = api
+        .get(
+            &format!("/nodes/n1/tasks/{}/status", cut.as_str().unwrap()),
+            &[],
+        )
+        .ok();
     assert_eq!(st["status"], "stopped");
     assert_eq!(st["exitstatus"], "unexpected status");
     // The re-adopted VMs are fully controllable.
     api.task_ok("n1", "POST", "/nodes/n1/qemu/111/status/shutdown", &[]);
     assert_eq!(status(&api, 111)["status"], "stopped");
-    let history = api.get("/nodes/n1/tasks", &[("limit", "500")]).body["total"].as_u64().unwrap();
+    let history = api.get("/nodes/n1/tasks", &[("limit", "500")]).body["total"]
+        .as_u64()
+        .unwrap();
     assert!(history >= 7, "task history survives restarts ({history})");
 }
 
@@ -315,8 +456,19 @@ fn vm_kvm_where_broken_fails_with_qemu_error() {
     let st = api.wait_task("n1", upid.as_str().unwrap(), Duration::from_secs(60));
     assert!(t.elapsed() < Duration::from_secs(30), "must not hang");
     let exit = st["exitstatus"].as_str().unwrap();
-    assert!(exit.contains("start failed") && exit.contains("qemu-system-x86_64"), "{exit}");
-    let log = api.get(&format!("/nodes/n1/tasks/{}/log", upid.as_str().unwrap()), &[]).ok();
-    assert!(log.to_string().contains("qemu-system-x86_64"), "QEMU's error is in the task log: {log}");
+    assert!(
+        exit.contains("start failed") && exit.contains("qemu-system-x86_64"),
+        "{exit}"
+    );
+    let log = api
+        .get(
+            &format!("/nodes/n1/tasks/{}/log", upid.as_str().unwrap()),
+            &[],
+        )
+        .ok();
+    assert!(
+        log.to_string().contains("qemu-system-x86_64"),
+        "QEMU's error is in the task log: {log}"
+    );
     assert_eq!(status(&api, 120)["status"], "stopped");
 }

@@ -214,6 +214,7 @@ impl Vm {
             "virtio-net-pci,netdev=net0,mac=BC:24:11:00:00:01,id=net0dev",
         ])
         .args(controller.args(&overlay))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.path().join("qemu.out")).expect("qemu.out"))
         .stderr(std::fs::File::create(dir.path().join("qemu.err")).expect("qemu.err"));

@@ -95,6 +95,19 @@ fn update_request(p: &ValidatedParams, skip: &[&str]) -> UpdateRequest {
                 req.set.insert(k.to_string(), config_value(v));
             }
             k if skip.contains(&k) => {}
+            // Legacy aliases Proxmox rewrites: `cdrom` is `ide2` as a CD-ROM, `smp` is `sockets`.
+            "cdrom" => {
+                let value = config_value(v);
+                let value = if value.contains("media=") {
+                    value
+                } else {
+                    format!("{value},media=cdrom")
+                };
+                req.set.insert("ide2".to_string(), value);
+            }
+            "smp" => {
+                req.set.insert("sockets".to_string(), config_value(v));
+            }
             k => {
                 req.set.insert(k.to_string(), config_value(v));
             }

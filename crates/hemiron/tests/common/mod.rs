@@ -122,7 +122,9 @@ impl Api {
         } else {
             req.form(params)
         };
-        let resp = req.send().unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let resp = req
+            .send()
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = resp.status().as_u16();
         let reason = resp
             .status()
@@ -143,9 +145,19 @@ impl Api {
     }
 
     /// The raw reason phrase of an answer (reqwest only exposes canonical ones).
-    pub fn reason_phrase(&self, method: &str, path: &str, params: &[(&str, &str)]) -> (u16, String) {
+    pub fn reason_phrase(
+        &self,
+        method: &str,
+        path: &str,
+        params: &[(&str, &str)],
+    ) -> (u16, String) {
         let url = format!("{}{}", self.base, path);
-        let mut args = vec!["-s".to_string(), "-k".into(), "-o".into(), "/dev/null".into()];
+        let mut args = vec![
+            "-s".to_string(),
+            "-k".into(),
+            "-o".into(),
+            "/dev/null".into(),
+        ];
         args.extend(["-D".into(), "-".into(), "-X".into(), method.into()]);
         if let Some((k, v)) = &self.auth {
             args.extend(["-H".into(), format!("{k}: {v}")]);
@@ -173,11 +185,16 @@ impl Api {
 
     /// A PUT whose transport errors are returned, not panicked on (the agent may be dying).
     pub fn try_put(&self, path: &str, params: &[(&str, &str)]) -> Result<u16, String> {
-        let mut req = self.client.put(format!("{}{}", self.base, path)).form(params);
+        let mut req = self
+            .client
+            .put(format!("{}{}", self.base, path))
+            .form(params);
         if let Some((k, v)) = &self.auth {
             req = req.header(k.as_str(), v.as_str());
         }
-        req.send().map(|r| r.status().as_u16()).map_err(|e| e.to_string())
+        req.send()
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
     }
 
     pub fn get(&self, path: &str, params: &[(&str, &str)]) -> Resp {
@@ -209,8 +226,14 @@ impl Api {
         let upid = upid.as_str().expect("UPID").to_string();
         let st = self.wait_task(node, &upid, Duration::from_secs(180));
         if st["exitstatus"] != "OK" {
-            let log = self.get(&format!("/nodes/{node}/tasks/{upid}/log"), &[("limit", "1000")]);
-            panic!("task {upid} failed: {} — log: {}", st["exitstatus"], log.body);
+            let log = self.get(
+                &format!("/nodes/{node}/tasks/{upid}/log"),
+                &[("limit", "1000")],
+            );
+            panic!(
+                "task {upid} failed: {} — log: {}",
+                st["exitstatus"], log.body
+            );
         }
         st
     }
@@ -263,9 +286,18 @@ impl Agent {
             .arg(tokenid)
             .output()
             .expect("token add");
-        assert!(out.status.success(), "token add failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "token add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        stdout.lines().last().expect("secret line").trim().to_string()
+        stdout
+            .lines()
+            .last()
+            .expect("secret line")
+            .trim()
+            .to_string()
     }
 
     /// Starts the agent process on the existing data dir and waits until it listens.
@@ -278,13 +310,20 @@ impl Agent {
             .open(self.dir.path().join("agent.log"))
             .expect("agent log");
         let mut cmd = Command::new(hemiron());
-        cmd.args(["node", "--listen", "127.0.0.1:0", "--name", &self.name, "--data-dir"])
-            .arg(self.data_dir())
-            .args(&self.extra_args)
-            .env("HEMIRON_LOG", "info,hemiron_node=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+        cmd.args([
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            &self.name,
+            "--data-dir",
+        ])
+        .arg(self.data_dir())
+        .args(&self.extra_args)
+        .env("HEMIRON_LOG", "info,hemiron_node=debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
         if self.http {
             cmd.arg("--http");
         }
@@ -295,7 +334,9 @@ impl Agent {
                     panic!("agent exited early with {status}: {}", self.log());
                 }
             }
-            std::fs::read_to_string(&addr_file).ok().filter(|s| !s.is_empty())
+            std::fs::read_to_string(&addr_file)
+                .ok()
+                .filter(|s| !s.is_empty())
         });
     }
 
@@ -362,7 +403,12 @@ pub fn create_vm(api: &Api, node: &str, vmid: u32, extra: &[(&str, &str)]) {
         ("memory", "128"),
         ("net0", "virtio,bridge=vmbr0"),
     ];
-    if !extra.iter().any(|(k, _)| k.starts_with("scsi") || k.starts_with("virtio") || k.starts_with("ide") || k.starts_with("sata")) {
+    if !extra.iter().any(|(k, _)| {
+        k.starts_with("scsi")
+            || k.starts_with("virtio")
+            || k.starts_with("ide")
+            || k.starts_with("sata")
+    }) {
         params.push(("scsi0", &disk));
     }
     params.extend_from_slice(extra);
@@ -371,7 +417,9 @@ pub fn create_vm(api: &Api, node: &str, vmid: u32, extra: &[(&str, &str)]) {
 
 /// The loopback address forwarded to a VM's guest port.
 pub fn forward(api: &Api, node: &str, vmid: u32, port: u16) -> String {
-    let st = api.get(&format!("/nodes/{node}/qemu/{vmid}/status/current"), &[]).ok();
+    let st = api
+        .get(&format!("/nodes/{node}/qemu/{vmid}/status/current"), &[])
+        .ok();
     st["hemiron-forwards"][port.to_string()]
         .as_str()
         .expect("forward")
@@ -408,5 +456,7 @@ pub fn guest_run(addr: &str, cmd: &str) -> Option<String> {
 
 /// Waits until the guest answers its page on port 80.
 pub fn wait_guest(addr: &str) -> String {
-    wait_for("guest HTTP", Duration::from_secs(120), || guest_get(addr, "/"))
+    wait_for("guest HTTP", Duration::from_secs(120), || {
+        guest_get(addr, "/")
+    })
 }

@@ -35,12 +35,11 @@ fn load() -> Option<Schema> {
     let raw = std::fs::read(&path).expect("read schema");
     let doc: Value = serde_json::from_slice(&raw).expect("parse schema");
     let mut routes = Vec::new();
+    let placeholder = regex::Regex::new(r"\\\{[^}]+\\\}").expect("re");
     for (path, methods) in doc["paths"].as_object().expect("paths") {
         let re = format!(
             "^{}$",
-            regex::Regex::new(r"\\\{[^}]+\\\}")
-                .expect("re")
-                .replace_all(&regex::escape(path), "[^/]+")
+            placeholder.replace_all(&regex::escape(path), "[^/]+")
         );
         let re = regex::Regex::new(&re).expect("path regex");
         for (method, info) in methods.as_object().expect("methods") {
