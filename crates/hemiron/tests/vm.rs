@@ -472,3 +472,128 @@ fn vm_kvm_where_broken_fails_with_qemu_error() {
     );
     assert_eq!(status(&api, 120)["status"], "stopped");
 }
+
+/// Many properties at once are honoured: the guest sees them, or the host does.
+#[test]
+fn vm_honoured_properties_boot() {
+    let agent = Agent::start();
+    let api = agent.api();
+    let image = common::guest_image();
+    let disk = format!("local:0,import-from={}", image.display());
+    let hook = agent.data_dir().join("storage/local/snippets/hook.sh");
+    let hook_log = agent.dir.path().join("hook.log");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\necho \"$1 $2\" >> {}\n", hook_log.display()),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x"])
+        .arg(&hook)
+        .status()
+        .unwrap();
+
+    // q35 with two sockets, NUMA, a virtio-scsi-single disk with many options, a second
+    // NIC, and a long list of devices.
+    create_vm(
+        &api,
+        "n1",
+        130,
+        &[
+            ("machine", "q35"),
+            ("sockets", "2"),
+            ("cores", "1"),
+            ("numa", "1"),
+            ("memory", "256"),
+            ("balloon", "192"),
+            ("cpu", "x86-64-v2-AES,flags=+pdpe1gb"),
+            ("scsihw", "virtio-scsi-single"),
+            (
+                "scsi0",
+                &format!("{disk},iothread=1,ssd=1,discard=on,cache=writeback,mbps=200"),
+            ),
+            ("virtio1", "local:1,serial=hemiron-data"),
+            ("ide2", "none,media=cdrom"),
+            ("net1", "e1000,bridge=vmbr1,link_down=1"),
+            ("rng0", "source=/dev/urandom,max_bytes=1024,period=1000"),
+            ("watchdog", "model=i6300esb,action=reset"),
+            ("serial0", "socket"),
+            ("agent", "enabled=1"),
+            ("smbios1", "manufacturer=SGVtaXJvbg==,base64=1"),
+            ("vga", "virtio,memory=32"),
+            ("audio0", "device=ich9-intel-hda,driver=none"),
+            ("localtime", "1"),
+            ("affinity", "0"),
+            ("cpulimit", "1.5"),
+            ("cpuunits", "200"),
+            ("hookscript", "local:snippets/hook.sh"),
+            ("tags", "a;b"),
+            ("description", "many options"),
+        ],
+    );
+    api.task_ok("n1", "POST", "/nodes/n1/qemu/130/status/start", &[]);
+    let web = forward(&api, "n1", 130, 80);
+    wait_guest(&web);
+    let st = status(&api, 130);
+    assert_eq!(st["running-machine"], "pc-q35-7.2");
+    assert_eq!(st["cpus"], 2);
+    let nproc = guest_run(&web, "grep -c ^processor /proc/cpuinfo").unwrap();
+    assert_eq!(nproc.trim(), "2");
+    let vendor = guest_run(&web, "cat /sys/class/dmi/id/sys_vendor").unwrap();
+    assert_eq!(vendor.trim(), "Hemiron");
+    let serial = guest_run(&web, "cat /sys/block/vda/serial").unwrap();
+    assert_eq!(serial.trim(), "hemiron-data");
+    let nics = guest_run(&web, "ls /sys/class/net").unwrap();
+    assert!(
+        nics.split_whitespace()
+            .filter(|n| n.starts_with("eth"))
+            .count()
+            == 2,
+        "{nics}"
+    );
+    let flags = guest_run(&web, "grep -m1 ^flags /proc/cpuinfo").unwrap();
+    for f in ["aes", "sse4_2", "popcnt", "pdpe1gb"] {
+        assert!(
+            flags.split_whitespace().any(|x| x == f),
+            "cpu flag {f}: {flags}"
+        );
+    }
+    let pid = st["pid"].as_u64().unwrap();
+    let allowed = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        allowed
+            .lines()
+            .any(|l| l.starts_with("Cpus_allowed_list:") && l.trim_end().ends_with("\t0")),
+        "affinity"
+    );
+    assert!(agent.data_dir().join("run/130.serial0").exists());
+    assert!(agent.data_dir().join("run/130.qga").exists());
+    let hooks = std::fs::read_to_string(&hook_log).unwrap();
+    assert_eq!(hooks, "130 pre-start\n130 post-start\n");
+    api.task_ok("n1", "POST", "/nodes/n1/qemu/130/status/stop", &[]);
+    let hooks = wait_for("post-stop hook", Duration::from_secs(10), || {
+        let h = std::fs::read_to_string(&hook_log).unwrap();
+        h.contains("post-stop").then_some(h)
+    });
+    assert!(hooks.contains("130 pre-stop\n"));
+
+    // i440fx with more virtio disks than Proxmox's fixed slots: the extra ones go on a PCI
+    // bridge; the guest boots from the sixth disk and sees all of them.
+    let mut params: Vec<(String, String)> = Vec::new();
+    for i in 0..7 {
+        params.push((format!("virtio{i}"), "local:0.0625".to_string()));
+    }
+    params[6].1 = disk.clone();
+    params.push(("boot".into(), "order=virtio6".into()));
+    let refs: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    create_vm(&api, "n1", 131, &refs);
+    api.task_ok("n1", "POST", "/nodes/n1/qemu/131/status/start", &[]);
+    let web = forward(&api, "n1", 131, 80);
+    wait_guest(&web);
+    let disks = guest_run(&web, "ls /sys/block | grep -c vd").unwrap();
+    assert_eq!(disks.trim(), "7");
+}

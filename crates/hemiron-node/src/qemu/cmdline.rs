@@ -183,6 +183,10 @@ fn cpu_arg(
     arg
 }
 
+fn push(argv: &mut Vec<String>, args: &[&str]) {
+    argv.extend(args.iter().map(|s| s.to_string()));
+}
+
 /// Builds the command line for `conf` (the effective config: pending changes applied).
 pub fn build(
     conf: &BTreeMap<String, String>,
@@ -198,27 +202,35 @@ pub fn build(
     let run = ctx.run_dir;
     let kvm = ctx.accel == Accel::Kvm && flag(conf, "kvm", true);
     let mut argv: Vec<String> = vec![ctx.qemu_binary.to_string()];
-    let mut a = |args: &[&str]| argv.extend(args.iter().map(|s| s.to_string()));
 
     let name = conf
         .get("name")
         .cloned()
         .unwrap_or_else(|| format!("VM {vmid}"));
-    a(&[
-        "-name",
-        &format!("{},debug-threads=on", devices::qemu_escape(&name)),
-    ]);
-    a(&["-no-user-config", "-nodefaults"]);
-    a(&[
-        "-chardev",
-        &format!(
-            "socket,id=qmp,path={},server=on,wait=off",
-            qmp_socket(run, vmid).display()
-        ),
-    ]);
-    a(&["-mon", "chardev=qmp,mode=control"]);
-    a(&["-pidfile", &pid_file(run, vmid).to_string_lossy()]);
-    a(&["-daemonize"]);
+    push(
+        &mut argv,
+        &[
+            "-name",
+            &format!("{},debug-threads=on", devices::qemu_escape(&name)),
+        ],
+    );
+    push(&mut argv, &["-no-user-config", "-nodefaults"]);
+    push(
+        &mut argv,
+        &[
+            "-chardev",
+            &format!(
+                "socket,id=qmp,path={},server=on,wait=off",
+                qmp_socket(run, vmid).display()
+            ),
+        ],
+    );
+    push(&mut argv, &["-mon", "chardev=qmp,mode=control"]);
+    push(
+        &mut argv,
+        &["-pidfile", &pid_file(run, vmid).to_string_lossy()],
+    );
+    push(&mut argv, &["-daemonize"]);
 
     // Machine and accelerator.
     let machine = match conf.get("machine").map(|v| Machine::parse(v)) {
@@ -246,19 +258,25 @@ pub fn build(
             "viommu=intel needs machine type q35".into(),
         ));
     }
-    a(&["-machine", &machine_arg]);
+    push(&mut argv, &["-machine", &machine_arg]);
     if kvm {
-        a(&["-accel", "kvm"]);
+        push(&mut argv, &["-accel", "kvm"]);
     } else {
-        a(&["-accel", "tcg"]);
+        push(&mut argv, &["-accel", "tcg"]);
     }
     if let Some(s3) = machine.enable_s3 {
         let dev = if q35 { "ICH9-LPC" } else { "PIIX4_PM" };
-        a(&["-global", &format!("{dev}.disable_s3={}", u8::from(!s3))]);
+        push(
+            &mut argv,
+            &["-global", &format!("{dev}.disable_s3={}", u8::from(!s3))],
+        );
     }
     if let Some(s4) = machine.enable_s4 {
         let dev = if q35 { "ICH9-LPC" } else { "PIIX4_PM" };
-        a(&["-global", &format!("{dev}.disable_s4={}", u8::from(!s4))]);
+        push(
+            &mut argv,
+            &["-global", &format!("{dev}.disable_s4={}", u8::from(!s4))],
+        );
     }
 
     // Identity.
@@ -297,7 +315,7 @@ pub fn build(
         }
     }
     if smb != "type=1" {
-        a(&["-smbios", &smb]);
+        push(&mut argv, &["-smbios", &smb]);
     }
 
     // CPUs and memory.
@@ -318,12 +336,15 @@ pub fn build(
             format!("maximum allowed vcpus is {maxcpus}"),
         ));
     }
-    a(&[
-        "-smp",
-        &format!("{vcpus},sockets={sockets},cores={cores},maxcpus={maxcpus}"),
-    ]);
+    push(
+        &mut argv,
+        &[
+            "-smp",
+            &format!("{vcpus},sockets={sockets},cores={cores},maxcpus={maxcpus}"),
+        ],
+    );
     let cpu = cpu_arg(conf, kvm, &mut errors);
-    a(&["-cpu", &cpu]);
+    push(&mut argv, &["-cpu", &cpu]);
     let memory_mib = match conf.get("memory").map(|v| Memory::parse(v)) {
         Some(Ok(m)) => m.current,
         Some(Err(e)) => {
@@ -332,7 +353,7 @@ pub fn build(
         }
         None => 512,
     };
-    a(&["-m", &memory_mib.to_string()]);
+    push(&mut argv, &["-m", &memory_mib.to_string()]);
     // NUMA nodes.
     let mut numa_nodes: Vec<(u32, String)> = conf
         .iter()
@@ -346,14 +367,20 @@ pub fn build(
             for s in 0..sockets {
                 let first = s * cores;
                 let last = first + cores - 1;
-                a(&[
-                    "-object",
-                    &format!("memory-backend-ram,id=ram-node{s},size={per}M"),
-                ]);
-                a(&[
-                    "-numa",
-                    &format!("node,nodeid={s},cpus={first}-{last},memdev=ram-node{s}"),
-                ]);
+                push(
+                    &mut argv,
+                    &[
+                        "-object",
+                        &format!("memory-backend-ram,id=ram-node{s},size={per}M"),
+                    ],
+                );
+                push(
+                    &mut argv,
+                    &[
+                        "-numa",
+                        &format!("node,nodeid={s},cpus={first}-{last},memdev=ram-node{s}"),
+                    ],
+                );
             }
         } else {
             for (i, v) in &numa_nodes {
@@ -368,14 +395,14 @@ pub fn build(
                         map.get("policy").copied().unwrap_or("bind")
                     ));
                 }
-                a(&["-object", &backend]);
+                push(&mut argv, &["-object", &backend]);
                 let mut node = format!("node,nodeid={i},memdev=ram-node{i}");
                 if let Some(c) = map.get("cpus") {
                     for range in c.split(';') {
                         node.push_str(&format!(",cpus={range}"));
                     }
                 }
-                a(&["-numa", &node]);
+                push(&mut argv, &["-numa", &node]);
             }
         }
     }
@@ -390,13 +417,16 @@ pub fn build(
                 "OVMF firmware is not installed on this node (Debian package ovmf)".into(),
             ));
         }
-        a(&[
-            "-drive",
-            &format!(
-                "if=pflash,unit=0,format=raw,readonly=on,file={}",
-                code.display()
-            ),
-        ]);
+        push(
+            &mut argv,
+            &[
+                "-drive",
+                &format!(
+                    "if=pflash,unit=0,format=raw,readonly=on,file={}",
+                    code.display()
+                ),
+            ],
+        );
         match conf.get("efidisk0") {
             Some(v) => match Drive::parse(
                 DriveKey {
@@ -409,13 +439,16 @@ pub fn build(
                 Ok(d) => match parse_volid(&d.file).and_then(|vol| ctx.storage.path(&vol)) {
                     Ok(path) => {
                         let fmt = d.format.clone().unwrap_or_else(|| "raw".into());
-                        a(&[
-                            "-drive",
-                            &format!(
-                                "if=pflash,unit=1,format={fmt},id=drive-efidisk0,file={}",
-                                devices::qemu_escape(&path.to_string_lossy())
-                            ),
-                        ]);
+                        push(
+                            &mut argv,
+                            &[
+                                "-drive",
+                                &format!(
+                                    "if=pflash,unit=1,format={fmt},id=drive-efidisk0,file={}",
+                                    devices::qemu_escape(&path.to_string_lossy())
+                                ),
+                            ],
+                        );
                     }
                     Err(e) => errors.push(("efidisk0".into(), e.to_string())),
                 },
@@ -429,15 +462,15 @@ pub fn build(
     }
 
     // Boot behaviour and clock.
-    a(&["-boot", "strict=on,reboot-timeout=1000"]);
+    push(&mut argv, &["-boot", "strict=on,reboot-timeout=1000"]);
     if !flag(conf, "acpi", true) {
-        a(&["-no-acpi"]);
+        push(&mut argv, &["-no-acpi"]);
     }
     if !flag(conf, "reboot", true) {
-        a(&["-no-reboot"]);
+        push(&mut argv, &["-no-reboot"]);
     }
     if flag(conf, "freeze", false) {
-        a(&["-S"]);
+        push(&mut argv, &["-S"]);
     }
     let ostype = conf.get("ostype").map(String::as_str).unwrap_or("other");
     let windows = ostype.starts_with('w');
@@ -447,12 +480,12 @@ pub fn build(
     } else if flag(conf, "localtime", windows) {
         rtc.push_str(",base=localtime");
     }
-    a(&["-rtc", &rtc]);
+    push(&mut argv, &["-rtc", &rtc]);
     if kvm && flag(conf, "tdf", false) {
-        a(&["-global", "kvm-pit.lost_tick_policy=discard"]);
+        push(&mut argv, &["-global", "kvm-pit.lost_tick_policy=discard"]);
     }
     if let Some(k) = conf.get("keyboard") {
-        a(&["-k", k]);
+        push(&mut argv, &["-k", k]);
     }
 
     // Display: VNC on a unix socket only (never a TCP port).
@@ -466,18 +499,29 @@ pub fn build(
     };
     let vga_type = vga.vga_type.clone().unwrap_or_else(|| "std".into());
     let serial_display = vga_type.starts_with("serial");
-    let mut pci = Pci::new("pci.0");
+    let mut pci = if q35 {
+        Pci::new_q35()
+    } else {
+        Pci::new("pci.0")
+    };
+    for dev in pci.base_args() {
+        push(&mut argv, &["-device", &dev]);
+    }
+    // Bridges are only known once every device is placed, but must precede their users.
+    let bridges_at = argv.len();
     let vga_pci = if q35 {
         "bus=pcie.0,addr=0x1".to_string()
     } else {
         pci.place("vga")
     };
-    let vgamem = vga
-        .memory
-        .map(|m| format!(",vgamem_mb={m}"))
-        .unwrap_or_default();
+    let vgamem = match (vga.memory, vga_type.as_str()) {
+        (None, _) => String::new(),
+        // virtio-gpu has no VGA memory bar: its host memory limit is what the size means.
+        (Some(m), "virtio") => format!(",max_hostmem={}", u64::from(m) * 1024 * 1024),
+        (Some(m), _) => format!(",vgamem_mb={m}"),
+    };
     match vga_type.as_str() {
-        "none" => a(&["-vga", "none"]),
+        "none" => push(&mut argv, &["-vga", "none"]),
         t if t.starts_with("serial") => {
             let n = t.trim_start_matches("serial");
             if !conf.contains_key(&format!("serial{n}")) {
@@ -486,7 +530,7 @@ pub fn build(
                     format!("vga={t} needs serial{n} to be configured"),
                 ));
             }
-            a(&["-vga", "none", "-nographic"]);
+            push(&mut argv, &["-vga", "none", "-nographic"]);
         }
         t => {
             let dev = match t {
@@ -496,46 +540,78 @@ pub fn build(
                 "virtio" => "virtio-vga",
                 _ => "VGA",
             };
-            a(&["-device", &format!("{dev},id=vga,{vga_pci}{vgamem}")]);
+            push(
+                &mut argv,
+                &["-device", &format!("{dev},id=vga,{vga_pci}{vgamem}")],
+            );
         }
     }
     if !serial_display && vga_type != "none" {
-        a(&[
-            "-vnc",
-            &format!("unix:{},password=on", vnc_socket(run, vmid).display()),
-        ]);
+        push(
+            &mut argv,
+            &[
+                "-vnc",
+                &format!("unix:{},password=on", vnc_socket(run, vmid).display()),
+            ],
+        );
     } else if vga_type == "none" {
-        a(&["-display", "none"]);
+        push(&mut argv, &["-display", "none"]);
     }
 
     // USB tablet for absolute pointing in the console.
     if flag(conf, "tablet", true) && !serial_display && vga_type != "none" {
-        a(&["-device", "piix3-usb-uhci,id=uhci,bus=pci.0,addr=0x1.0x2"]);
-        a(&["-device", "usb-tablet,id=tablet,bus=uhci.0,port=1"]);
+        if q35 {
+            push(
+                &mut argv,
+                &["-device", "qemu-xhci,id=xhci,bus=pcie.0,addr=0x1d"],
+            );
+            push(
+                &mut argv,
+                &["-device", "usb-tablet,id=tablet,bus=xhci.0,port=1"],
+            );
+        } else {
+            push(
+                &mut argv,
+                &["-device", "piix3-usb-uhci,id=uhci,bus=pci.0,addr=0x1.0x2"],
+            );
+            push(
+                &mut argv,
+                &["-device", "usb-tablet,id=tablet,bus=uhci.0,port=1"],
+            );
+        }
     }
 
     // Guest agent channel.
     if let Some(v) = conf.get("agent") {
         match Agent::parse(v) {
             Ok(agent) if agent.enabled => {
-                a(&[
-                    "-chardev",
-                    &format!(
-                        "socket,path={},server=on,wait=off,id=qga0",
-                        qga_socket(run, vmid).display()
-                    ),
-                ]);
+                push(
+                    &mut argv,
+                    &[
+                        "-chardev",
+                        &format!(
+                            "socket,path={},server=on,wait=off,id=qga0",
+                            qga_socket(run, vmid).display()
+                        ),
+                    ],
+                );
                 if agent.agent_type == Some(AgentType::Isa) {
-                    a(&["-device", "isa-serial,chardev=qga0"]);
+                    push(&mut argv, &["-device", "isa-serial,chardev=qga0"]);
                 } else {
-                    a(&[
-                        "-device",
-                        &format!("virtio-serial,id=qga0,{}", pci.place("qga0")),
-                    ]);
-                    a(&[
-                        "-device",
-                        "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
-                    ]);
+                    push(
+                        &mut argv,
+                        &[
+                            "-device",
+                            &format!("virtio-serial,id=qga0,{}", pci.place("qga0")),
+                        ],
+                    );
+                    push(
+                        &mut argv,
+                        &[
+                            "-device",
+                            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+                        ],
+                    );
                 }
             }
             Ok(_) => {}
@@ -549,36 +625,51 @@ pub fn build(
             continue;
         };
         if v == "socket" {
-            a(&[
-                "-chardev",
-                &format!(
-                    "socket,id=serial{n},path={},server=on,wait=off",
-                    serial_socket(run, vmid, n).display()
-                ),
-            ]);
+            push(
+                &mut argv,
+                &[
+                    "-chardev",
+                    &format!(
+                        "socket,id=serial{n},path={},server=on,wait=off",
+                        serial_socket(run, vmid, n).display()
+                    ),
+                ],
+            );
         } else {
-            a(&["-chardev", &format!("serial,id=serial{n},path={v}")]);
+            push(
+                &mut argv,
+                &["-chardev", &format!("serial,id=serial{n},path={v}")],
+            );
         }
-        a(&["-device", &format!("isa-serial,chardev=serial{n}")]);
+        push(
+            &mut argv,
+            &["-device", &format!("isa-serial,chardev=serial{n}")],
+        );
     }
 
     // Memory balloon.
     let balloon: Option<u64> = conf.get("balloon").and_then(|v| v.parse().ok());
     if balloon != Some(0) {
-        a(&[
-            "-device",
-            &format!("virtio-balloon-pci,id=balloon0,{}", pci.place("balloon0")),
-        ]);
+        push(
+            &mut argv,
+            &[
+                "-device",
+                &format!("virtio-balloon-pci,id=balloon0,{}", pci.place("balloon0")),
+            ],
+        );
     }
 
     // Random number generator.
     if let Some(v) = conf.get("rng0") {
         match Rng::parse(v) {
             Ok(rng) => {
-                a(&[
-                    "-object",
-                    &format!("rng-random,filename={},id=rng0", rng.source),
-                ]);
+                push(
+                    &mut argv,
+                    &[
+                        "-object",
+                        &format!("rng-random,filename={},id=rng0", rng.source),
+                    ],
+                );
                 let mut dev = format!("virtio-rng-pci,rng=rng0,{}", pci.place("rng0"));
                 if let Some(b) = rng.max_bytes {
                     dev.push_str(&format!(",max-bytes={b}"));
@@ -586,7 +677,7 @@ pub fn build(
                 if let Some(p) = rng.period {
                     dev.push_str(&format!(",period={p}"));
                 }
-                a(&["-device", &dev]);
+                push(&mut argv, &["-device", &dev]);
             }
             Err(e) => errors.push(("rng0".into(), e.to_string())),
         }
@@ -598,12 +689,15 @@ pub fn build(
             Ok(w) => {
                 let model = w.model.clone().unwrap_or_else(|| "i6300esb".into());
                 if model == "ib700" {
-                    a(&["-device", "ib700"]);
+                    push(&mut argv, &["-device", "ib700"]);
                 } else {
-                    a(&["-device", &format!("i6300esb,{}", pci.place("watchdog"))]);
+                    push(
+                        &mut argv,
+                        &["-device", &format!("i6300esb,{}", pci.place("watchdog"))],
+                    );
                 }
                 if let Some(action) = &w.action {
-                    a(&["-watchdog-action", action]);
+                    push(&mut argv, &["-watchdog-action", action]);
                 }
             }
             Err(e) => errors.push(("watchdog".into(), e.to_string())),
@@ -612,7 +706,7 @@ pub fn build(
 
     // VM generation ID.
     if let Some(id) = conf.get("vmgenid").filter(|v| v.as_str() != "0") {
-        a(&["-device", &format!("vmgenid,guid={id}")]);
+        push(&mut argv, &["-device", &format!("vmgenid,guid={id}")]);
     }
 
     // Shared memory.
@@ -623,11 +717,14 @@ pub fn build(
             .get("name")
             .map(|n| n.to_string())
             .unwrap_or_else(|| vmid.to_string());
-        a(&["-object", &format!("memory-backend-file,id=ivshmem,share=on,mem-path=/dev/shm/pve-shm-{name},size={size}M")]);
-        a(&[
-            "-device",
-            &format!("ivshmem-plain,memdev=ivshmem,{}", pci.place("ivshmem")),
-        ]);
+        push(&mut argv, &["-object", &format!("memory-backend-file,id=ivshmem,share=on,mem-path=/dev/shm/pve-shm-{name},size={size}M")]);
+        push(
+            &mut argv,
+            &[
+                "-device",
+                &format!("ivshmem-plain,memdev=ivshmem,{}", pci.place("ivshmem")),
+            ],
+        );
     }
 
     // Audio.
@@ -637,21 +734,30 @@ pub fn build(
             .get("device")
             .copied()
             .unwrap_or_else(|| v.split(',').next().unwrap_or("ich9-intel-hda"));
-        a(&["-audiodev", "none,id=audiodev0"]);
+        push(&mut argv, &["-audiodev", "none,id=audiodev0"]);
         match device {
-            "AC97" => a(&[
-                "-device",
-                &format!("AC97,id=sound0,audiodev=audiodev0,{}", pci.place("audio0")),
-            ]),
+            "AC97" => push(
+                &mut argv,
+                &[
+                    "-device",
+                    &format!("AC97,id=sound0,audiodev=audiodev0,{}", pci.place("audio0")),
+                ],
+            ),
             hda => {
-                a(&[
-                    "-device",
-                    &format!("{hda},id=sound0,{}", pci.place("audio0")),
-                ]);
-                a(&[
-                    "-device",
-                    "hda-duplex,id=sound0-codec0,bus=sound0.0,cad=0,audiodev=audiodev0",
-                ]);
+                push(
+                    &mut argv,
+                    &[
+                        "-device",
+                        &format!("{hda},id=sound0,{}", pci.place("audio0")),
+                    ],
+                );
+                push(
+                    &mut argv,
+                    &[
+                        "-device",
+                        "hda-duplex,id=sound0-codec0,bus=sound0.0,cad=0,audiodev=audiodev0",
+                    ],
+                );
             }
         }
     }
@@ -839,10 +945,12 @@ pub fn build(
         }
     }
 
-    // Bridges go in last: only now is it known which ones were used.
-    for bridge in pci.bridge_args() {
-        argv.extend(["-device".to_string(), bridge]);
-    }
+    let bridges: Vec<String> = pci
+        .bridge_args()
+        .into_iter()
+        .flat_map(|b| ["-device".to_string(), b])
+        .collect();
+    argv.splice(bridges_at..bridges_at, bridges);
 
     if let Some(b) = balloon.filter(|b| *b > 0 && *b < memory_mib) {
         post.balloon_target = Some(b * 1024 * 1024);

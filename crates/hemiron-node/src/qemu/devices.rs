@@ -18,6 +18,9 @@ use serde_json::json;
 pub struct Pci {
     /// The bus Proxmox's fixed addresses live on (`pci.0`).
     main_bus: &'static str,
+    /// q35 has no `pci.0` root bus: as in Proxmox, `pci.0` and the extra bridges sit behind
+    /// a DMI-to-PCI bridge on `pcie.0`.
+    q35: bool,
     used_fixed: Vec<u32>,
     /// Next free slot on each bridge; a bridge is created on first use.
     bridges: BTreeMap<u32, u32>,
@@ -48,6 +51,7 @@ impl Pci {
     pub fn new(main_bus: &'static str) -> Self {
         Self {
             main_bus,
+            q35: false,
             used_fixed: Vec::new(),
             bridges: BTreeMap::new(),
         }
@@ -73,16 +77,44 @@ impl Pci {
         format!("bus={}", self.main_bus)
     }
 
+    /// A layout for the q35 machine.
+    pub fn new_q35() -> Self {
+        Self {
+            q35: true,
+            ..Self::new("pci.0")
+        }
+    }
+
+    /// Devices that must exist before anything is placed (q35's `pci.0`).
+    pub fn base_args(&self) -> Vec<String> {
+        if self.q35 {
+            vec![
+                "i82801b11-bridge,id=pcidmi,bus=pcie.0,addr=0x1e".into(),
+                "pci-bridge,id=pci.0,chassis_nr=1,bus=pcidmi,addr=0x1".into(),
+            ]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The bridges that devices were placed on, as `-device` arguments.
     pub fn bridge_args(&self) -> Vec<String> {
         self.bridges
             .keys()
             .map(|b| {
-                format!(
-                    "pci-bridge,id=pci.{b},chassis_nr={b},bus={},addr={:#x}",
-                    self.main_bus,
-                    0x1c + b
-                )
+                if self.q35 {
+                    format!(
+                        "pci-bridge,id=pci.{b},chassis_nr={},bus=pcidmi,addr={:#x}",
+                        b + 1,
+                        b + 1
+                    )
+                } else {
+                    format!(
+                        "pci-bridge,id=pci.{b},chassis_nr={b},bus={},addr={:#x}",
+                        self.main_bus,
+                        0x1c + b
+                    )
+                }
             })
             .collect()
     }

@@ -398,11 +398,12 @@ pub fn create_vm(api: &Api, node: &str, vmid: u32, extra: &[(&str, &str)]) {
     let image = guest_image();
     let disk = format!("local:0,import-from={}", image.display());
     let vmid_s = vmid.to_string();
-    let mut params: Vec<(&str, &str)> = vec![
-        ("vmid", &vmid_s),
-        ("memory", "128"),
-        ("net0", "virtio,bridge=vmbr0"),
-    ];
+    let mut params: Vec<(&str, &str)> = vec![("vmid", &vmid_s)];
+    for (k, v) in [("memory", "128"), ("net0", "virtio,bridge=vmbr0")] {
+        if !extra.iter().any(|(e, _)| *e == k) {
+            params.push((k, v));
+        }
+    }
     if !extra.iter().any(|(k, _)| {
         k.starts_with("scsi")
             || k.starts_with("virtio")
