@@ -59,6 +59,20 @@ pub(crate) const GUEST_MODULES: &[&str] = &[
     "crc32c_generic",
 ];
 
+/// Shipped modules the guest does not load at boot: the kernel asks `/sbin/modprobe` for them
+/// by alias when first needed (`fs-vfat` at mount, `nls_ascii` from vfat, `crypto-crc32c`
+/// from ext4). Loading them up front cost about 0.25 s of every TCG boot.
+pub(crate) const ON_DEMAND_MODULES: &[&str] = &[
+    "vfat",
+    "nls_ascii",
+    "nls_cp437",
+    "nls_iso8859_1",
+    "nls_utf8",
+    "isofs",
+    "ext4",
+    "crc32c_generic",
+];
+
 /// Parameters for some modules, by module name (written to `/etc/modprobe.d`).
 pub(crate) const MODULE_PARAMS: &[(&str, &str)] = &[
     // After its SCSI bus reset the LSI driver waits `settle` seconds (default 3) for real
@@ -251,6 +265,7 @@ pub(crate) fn always_loaded(roots: &[&str], index: &ModuleIndex) -> Vec<String> 
     roots
         .iter()
         .map(|r| normalize_name(r))
+        .filter(|name| !ON_DEMAND_MODULES.contains(&name.as_str()))
         .filter(|name| {
             index
                 .modules
@@ -535,7 +550,8 @@ mod tests {
                 &["e1000", "vfat", "virtio_blk", "sd_mod", "af_packet"],
                 &idx
             ),
-            ["vfat", "sd_mod"]
+            ["sd_mod"],
+            "device drivers wait for their device, file systems for their first mount"
         );
         let order = vec!["e1000".to_string(), "vfat".to_string()];
         assert_eq!(
