@@ -597,3 +597,94 @@ fn vm_honoured_properties_boot() {
     let disks = guest_run(&web, "ls /sys/block | grep -c vd").unwrap();
     assert_eq!(disks.trim(), "7");
 }
+
+/// Disks and NICs added to or removed from a running VM are plugged live (`hotplug`).
+#[test]
+fn vm_hotplug_disk_and_nic() {
+    let agent = Agent::start();
+    let api = agent.api();
+    create_vm(&api, "n1", 140, &[]);
+    api.task_ok("n1", "POST", "/nodes/n1/qemu/140/status/start", &[]);
+    let web = forward(&api, "n1", 140, 80);
+    wait_guest(&web);
+
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu/140/config",
+        &[("virtio1", "local:0.125,serial=hot1")],
+    );
+    let conf = api
+        .get("/nodes/n1/qemu/140/config", &[("current", "1")])
+        .ok();
+    assert!(
+        conf["virtio1"]
+            .as_str()
+            .unwrap()
+            .starts_with("local:140/vm-140-disk-1.qcow2"),
+        "plugged, not pending: {conf}"
+    );
+    let serial = wait_for(
+        "guest sees the hot-plugged disk",
+        Duration::from_secs(30),
+        || {
+            guest_run(&web, "cat /sys/block/vd*/serial 2>/dev/null")
+                .filter(|s| !s.trim().is_empty())
+        },
+    );
+    assert_eq!(serial.trim(), "hot1");
+
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu/140/config",
+        &[("net1", "e1000,bridge=vmbr0")],
+    );
+    wait_for(
+        "guest sees the hot-plugged NIC",
+        Duration::from_secs(30),
+        || {
+            guest_run(&web, "ls /sys/class/net").filter(|n| {
+                n.split_whitespace()
+                    .filter(|x| x.starts_with("eth"))
+                    .count()
+                    == 2
+            })
+        },
+    );
+
+    // Removal: the disk leaves the guest and becomes unused.
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu/140/config",
+        &[("delete", "virtio1")],
+    );
+    wait_for("disk gone from the guest", Duration::from_secs(30), || {
+        guest_run(&web, "ls /sys/block").filter(|b| !b.contains("vd"))
+    });
+    let conf = api
+        .get("/nodes/n1/qemu/140/config", &[("current", "1")])
+        .ok();
+    assert!(conf.get("virtio1").is_none());
+    assert_eq!(conf["unused0"], "local:140/vm-140-disk-1.qcow2");
+
+    // With hotplug off, additions wait for the next start.
+    api.put("/nodes/n1/qemu/140/config", &[("hotplug", "0")])
+        .ok();
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu/140/config",
+        &[("virtio2", "local:0.0625")],
+    );
+    let pending = api.get("/nodes/n1/qemu/140/pending", &[]).ok();
+    assert!(pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["key"] == "virtio2" && p.get("pending").is_some()));
+    assert!(!guest_run(&web, "ls /sys/block").unwrap().contains("vd"));
+    let r = api.put("/nodes/n1/qemu/140/config", &[("hotplug", "cpu,disk")]);
+    assert_eq!(r.status, 400);
+}

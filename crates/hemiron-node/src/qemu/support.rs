@@ -29,6 +29,16 @@ pub fn check_property(key: &str, value: &str) -> Result<(), String> {
             "automatic memory ballooning is not implemented; use shares=0 or leave it unset".into(),
         ),
         "cicustom" => Err("custom cloud-init snippets are not supported yet".into()),
+        "hotplug"
+            if value
+                .split([',', ';'])
+                .any(|f| matches!(f.trim(), "cpu" | "memory")) =>
+        {
+            Err(
+                "CPU and memory hotplug are not supported by this node (disk and network are)"
+                    .into(),
+            )
+        }
         "vga" => check_vga(value),
         "audio" => check_audio(value),
         "cpu" => check_cpu(value),

@@ -7,6 +7,7 @@
 pub mod create;
 pub mod error;
 pub mod forwards;
+pub mod hotplug;
 pub mod lifecycle;
 pub mod netstats;
 pub mod owner;

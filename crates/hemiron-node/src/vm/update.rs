@@ -29,6 +29,7 @@ const FAST_PLUG: &[&str] = &[
     "protection",
     "vmstatestorage",
     "hookscript",
+    "hotplug",
     "tags",
     "migrate_downtime",
     "migrate_speed",
@@ -446,6 +447,10 @@ impl VmManager {
             for (dev, up) in &live_links {
                 run.owner.set_link(dev, *up).await?;
             }
+            to_free.extend(
+                self.hotplug_pending(vmid, &mut conf, &run.owner, log)
+                    .await?,
+            );
         } else {
             for key in &req.revert {
                 if let Some(p) = conf.pending.as_mut() {
