@@ -394,3 +394,140 @@ fn config_writes_survive_kills() {
         (agent.api().get("/version", &[]).status == 200).then_some(())
     });
 }
+
+#[test]
+fn shared_storage_pool() {
+    let shared = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with(true, &["--shared-storage", shared.path().to_str().unwrap()]);
+    let api = agent.api();
+    let pools = api.get("/nodes/n1/storage", &[]).ok();
+    let pool = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["storage"] == "shared")
+        .expect("shared pool listed")
+        .clone();
+    assert_eq!(pool["shared"], 1);
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu",
+        &[
+            ("vmid", "150"),
+            ("memory", "64"),
+            ("virtio0", "shared:0.0625"),
+        ],
+    );
+    assert!(shared
+        .path()
+        .join("images/150/vm-150-disk-0.qcow2")
+        .exists());
+    let conf = api.get("/nodes/n1/qemu/150/config", &[]).ok();
+    assert_eq!(conf["virtio0"], "shared:150/vm-150-disk-0.qcow2,size=64M");
+    let content = api.get("/nodes/n1/storage/shared/content", &[]).ok();
+    assert_eq!(content[0]["volid"], "shared:150/vm-150-disk-0.qcow2");
+}
+
+/// Garbage of every kind gets a clean error; the agent keeps serving and configs stay intact.
+#[test]
+fn malformed_requests_never_hurt() {
+    use rand::Rng;
+    let agent = Agent::start();
+    let api = agent.api();
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu",
+        &[("vmid", "160"), ("memory", "64"), ("name", "keep")],
+    );
+    let conf_path = agent.data_dir().join("qemu-server/160.conf");
+    let before = std::fs::read_to_string(&conf_path).unwrap();
+
+    // Values that would inject lines into the config file.
+    for (k, v) in [
+        ("args", "-S\nlock: backup"),
+        ("name", "a\nb"),
+        ("tags", "x\ny"),
+        ("net0", "virtio,bridge=vmbr0\nlock: x"),
+    ] {
+        let r = api.put("/nodes/n1/qemu/160/config", &[(k, v)]);
+        assert!(r.status >= 400, "{k}={v:?} accepted");
+    }
+    assert_eq!(std::fs::read_to_string(&conf_path).unwrap(), before);
+
+    // Path escapes through volume IDs.
+    let r = api.put(
+        "/nodes/n1/qemu/160/config",
+        &[("virtio1", "local:../../../etc/passwd")],
+    );
+    assert!(r.status >= 400);
+    let r = api.put(
+        "/nodes/n1/qemu/160/config",
+        &[("virtio1", "local:160/../../x.qcow2")],
+    );
+    assert!(r.status >= 400);
+
+    // Random junk at random endpoints.
+    let mut rng = rand::thread_rng();
+    let paths = [
+        "/nodes/n1/qemu",
+        "/nodes/n1/qemu/160/config",
+        "/nodes/n1/qemu/160/resize",
+        "/nodes/n1/tasks",
+        "/nodes/n1/storage/local/content",
+        "/cluster/resources",
+        "/access/ticket",
+        "/nodes/n1/qemu/160/pending",
+    ];
+    let client = reqwest::blocking::Client::new();
+    for _ in 0..300 {
+        let path = paths[rng.gen_range(0..paths.len())];
+        let method = ["GET", "POST", "PUT", "DELETE"][rng.gen_range(0..4)];
+        let junk: String = (0..rng.gen_range(0..80))
+            .map(|_| char::from_u32(rng.gen_range(1..0x2FF)).unwrap_or('x'))
+            .collect();
+        let key = [
+            "vmid", "memory", "net0", "scsi0", "delete", "digest", "size", "disk", &junk,
+        ][rng.gen_range(0..9)]
+        .to_string();
+        let mut req = client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", agent.url),
+            )
+            .header(
+                "Authorization",
+                format!("PVEAPIToken=root@pam!test={}", agent.token),
+            );
+        req = match rng.gen_range(0..3) {
+            0 => req.query(&[(key.as_str(), junk.as_str())]),
+            1 => req.form(&[(key.as_str(), junk.as_str())]),
+            _ => req
+                .header("Content-Type", "application/json")
+                .body(junk.clone()),
+        };
+        let status = req.send().unwrap().status().as_u16();
+        assert!(status < 600, "{method} {path}: {status}");
+    }
+    // A body over the limit.
+    let big = "x".repeat(5 * 1024 * 1024);
+    let r = client
+        .post(format!("{}/nodes/n1/qemu/160/config", agent.url))
+        .header(
+            "Authorization",
+            format!("PVEAPIToken=root@pam!test={}", agent.token),
+        )
+        .form(&[("description", big.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    assert_eq!(api.get("/version", &[]).status, 200);
+    let conf = std::fs::read_to_string(&conf_path).unwrap();
+    assert!(
+        hemiron_pve::config::parse(&conf).is_ok(),
+        "config still parses: {conf}"
+    );
+    assert!(conf.contains("memory: 64"), "{conf}");
+}
