@@ -7,38 +7,50 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Writes `data` to `path` atomically with the given permission bits.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+/// Writes `data` to a new temporary file in `dir` and fsyncs it. Its unique name starts with
+/// a dot and contains `.tmp.`, so a leftover from a crash is recognisable and ignored.
+fn write_temp(dir: &Path, stem: &str, data: &[u8], mode: u32) -> io::Result<PathBuf> {
     use std::os::unix::fs::OpenOptionsExt;
-
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    // A unique temporary name: concurrent writers never share one, and a leftover from a
-    // crash is recognisable (and ignored) by its prefix.
     let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        name.to_string_lossy(),
+        ".{stem}.tmp.{}.{}",
         std::process::id(),
         rand::random::<u32>()
     ));
-    let result = (|| {
+    let written = (|| {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&tmp)?;
         file.write_all(data)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        file.sync_all()
     })();
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn parent_and_name(path: &Path) -> io::Result<(&Path, String)> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    Ok((dir, name.to_string_lossy().into_owned()))
+}
+
+/// Writes `data` to `path` atomically with the given permission bits.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let (dir, name) = parent_and_name(path)?;
+    let tmp = write_temp(dir, &name, data, mode)?;
+    let result = fs::rename(&tmp, path).and_then(|_| sync_dir(dir));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -53,33 +65,11 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Creates `path` with `data` only if it does not exist yet, atomically: the file appears
 /// complete or not at all. Returns `AlreadyExists` if another writer got there first.
 pub fn create_exclusive(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    let tmp = dir.join(format!(
-        ".create.tmp.{}.{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        drop(file);
-        // link(2) fails if the target exists: that is the exclusivity check.
-        fs::hard_link(&tmp, path)?;
-        fs::remove_file(&tmp)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    let (dir, name) = parent_and_name(path)?;
+    let tmp = write_temp(dir, &name, data, mode)?;
+    // link(2) fails if the target exists: that is the exclusivity check.
+    let result = fs::hard_link(&tmp, path).and_then(|_| sync_dir(dir));
+    let _ = fs::remove_file(&tmp);
     result
 }
 

@@ -193,6 +193,24 @@ fn check_node_name(name: &str) -> Result<(), NodeError> {
     }
 }
 
+/// Starts a VM as a `qmstart` task of `root@pam` (host boot, restart after a crash).
+fn spawn_start(
+    tasks: &TaskManager,
+    vms: Arc<VmManager>,
+    vmid: u32,
+) -> Result<hemiron_pve::upid::Upid, tasks::TaskError> {
+    tasks.spawn(
+        "qmstart",
+        &vmid.to_string(),
+        auth::ROOT_USER,
+        move |ctx| async move {
+            vms.start(vmid, vm::lifecycle::StartOptions::default(), &ctx)
+                .await?;
+            Ok(())
+        },
+    )
+}
+
 /// Starts VMs with `onboot=1`, in `startup` order, when the agent is the first one since the
 /// host booted (so an agent restart does not start VMs an operator stopped).
 async fn start_onboot_vms(node: &Arc<Node>) {
@@ -225,17 +243,7 @@ async fn start_onboot_vms(node: &Arc<Node>) {
     candidates.sort();
     for (_, vmid, up) in candidates {
         info!(vmid, "starting VM at host boot (onboot)");
-        let vms = node.vms.clone();
-        match node.tasks.spawn(
-            "qmstart",
-            &vmid.to_string(),
-            auth::ROOT_USER,
-            move |ctx| async move {
-                vms.start(vmid, vm::lifecycle::StartOptions::default(), &ctx)
-                    .await?;
-                Ok(())
-            },
-        ) {
+        match spawn_start(&node.tasks, node.vms.clone(), vmid) {
             Ok(upid) => node.tasks.wait(&upid.to_string()).await,
             Err(e) => warn!(vmid, error = %e, "failed to start onboot VM"),
         }
@@ -306,17 +314,7 @@ pub async fn run(opts: NodeOptions) -> Result<(), NodeError> {
             let Some(vms) = weak.upgrade() else {
                 return;
             };
-            let spawned = tasks.spawn(
-                "qmstart",
-                &vmid.to_string(),
-                auth::ROOT_USER,
-                move |ctx| async move {
-                    vms.start(vmid, vm::lifecycle::StartOptions::default(), &ctx)
-                        .await?;
-                    Ok(())
-                },
-            );
-            if let Err(e) = spawned {
+            if let Err(e) = spawn_start(&tasks, vms, vmid) {
                 warn!(vmid, error = %e, "failed to restart crashed VM");
             }
         })));

@@ -292,6 +292,22 @@ impl Storage {
         Ok(format!("vm-{vmid}-disk-{n}.{}", format.as_str()))
     }
 
+    /// The directory and file name of the next new volume of `vmid` on a pool.
+    fn new_volume_name(
+        &self,
+        storage: &str,
+        vmid: u32,
+        format: ImageFormat,
+    ) -> Result<(PathBuf, String), StorageError> {
+        let dir = self.image_dir(storage, vmid)?;
+        std::fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let name = self.next_disk_name(storage, vmid, format)?;
+        Ok((dir, name))
+    }
+
     /// Allocates a new empty volume of `size` bytes for `vmid`.
     pub async fn alloc(
         &self,
@@ -300,12 +316,7 @@ impl Storage {
         size: u64,
         format: ImageFormat,
     ) -> Result<VolumeId, StorageError> {
-        let dir = self.image_dir(storage, vmid)?;
-        std::fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
-        let name = self.next_disk_name(storage, vmid, format)?;
+        let (dir, name) = self.new_volume_name(storage, vmid, format)?;
         let path = dir.join(&name);
         let path_str = path.to_string_lossy().into_owned();
         let size_str = size.to_string();
@@ -333,12 +344,7 @@ impl Storage {
                 source.display().to_string(),
             ));
         }
-        let dir = self.image_dir(storage, vmid)?;
-        std::fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
-        let name = self.next_disk_name(storage, vmid, format)?;
+        let (dir, name) = self.new_volume_name(storage, vmid, format)?;
         let path = dir.join(&name);
         // Convert into a temporary name so that a failed import leaves no half volume.
         let tmp = dir.join(format!(".{name}.importing"));

@@ -3,29 +3,14 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{guest_image, hemiron, Agent};
+use common::{guest_image, Agent};
 
 #[test]
 fn vm_proxmoxer_compat() {
     let agent = Agent::start_with(false, &[]);
-    let mut child = Command::new(hemiron())
-        .args(["node", "user", "add", "--data-dir"])
-        .arg(agent.data_dir())
-        .arg("alice@pve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"compat-password\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    agent.add_user("alice@pve", "compat-password");
     let port = agent
         .url
         .trim_start_matches("https://127.0.0.1:")

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{hemiron, wait_for, Agent, Api};
@@ -90,21 +89,7 @@ fn credentials_tokens_and_tickets() {
         &[("username", "alice@pve"), ("password", "pw")],
     );
     assert_eq!(r.status, 401);
-    let mut child = Command::new(hemiron())
-        .args(["node", "user", "add", "--data-dir"])
-        .arg(agent.data_dir())
-        .arg("alice@pve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"s3cret-pw\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    agent.add_user("alice@pve", "s3cret-pw");
     let users = std::fs::read_to_string(agent.data_dir().join("auth/users.json")).unwrap();
     assert!(users.contains("$argon2id$") && !users.contains("s3cret-pw"));
 

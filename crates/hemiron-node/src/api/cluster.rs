@@ -6,7 +6,7 @@ use axum::extract::State;
 use serde_json::json;
 
 use super::{ApiError, ApiResult, Call, Data};
-use crate::{hoststats, Node};
+use crate::Node;
 
 /// The VMID range Proxmox uses by default (`datacenter.cfg` `next-id`).
 const VMID_LOWER: u32 = 100;
@@ -25,29 +25,9 @@ pub async fn resources(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
         }
     }
     if kind.is_none() || kind == Some("node") {
-        let mem = hoststats::memory();
-        let cpu = hoststats::cpu_info();
-        let (total, used) = node
-            .vms
-            .storage()
-            .usage("local")
-            .map(|u| (u.total, u.used))
-            .unwrap_or((0, 0));
-        out.push(json!({
-            "id": format!("node/{}", node.name),
-            "type": "node",
-            "node": node.name,
-            "status": "online",
-            "cpu": node.host.cpu_usage(),
-            "maxcpu": cpu.cpus,
-            "mem": mem.used,
-            "maxmem": mem.total,
-            "disk": used,
-            "maxdisk": total,
-            "uptime": hoststats::uptime(),
-            "level": "",
-            "cgroup-mode": 2,
-        }));
+        let mut entry = super::nodes::node_entry(&node);
+        entry["cgroup-mode"] = json!(2);
+        out.push(entry);
     }
     if kind.is_none() || kind == Some("storage") {
         for pool in node.vms.storage().pools() {

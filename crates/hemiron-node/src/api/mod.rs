@@ -6,7 +6,7 @@ pub mod server;
 
 mod access;
 mod cluster;
-mod nodes;
+pub mod nodes;
 mod qemu;
 mod storage;
 mod tasks;

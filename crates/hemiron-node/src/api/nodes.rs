@@ -22,7 +22,8 @@ pub async fn version(State(_node): State<Arc<Node>>, _call: Call) -> ApiResult {
     }))
 }
 
-pub async fn list(State(node): State<Arc<Node>>, _call: Call) -> ApiResult {
+/// A node as `/nodes` and `/cluster/resources` list it.
+pub fn node_entry(node: &Node) -> serde_json::Value {
     let mem = hoststats::memory();
     let cpu = hoststats::cpu_info();
     let (total, used) = node
@@ -31,7 +32,7 @@ pub async fn list(State(node): State<Arc<Node>>, _call: Call) -> ApiResult {
         .usage("local")
         .map(|u| (u.total, u.used))
         .unwrap_or((0, 0));
-    Data::new(json!([{
+    json!({
         "node": node.name,
         "id": format!("node/{}", node.name),
         "type": "node",
@@ -44,8 +45,13 @@ pub async fn list(State(node): State<Arc<Node>>, _call: Call) -> ApiResult {
         "maxdisk": total,
         "uptime": hoststats::uptime(),
         "level": "",
-        "ssl_fingerprint": node.fingerprint.clone().unwrap_or_default(),
-    }]))
+    })
+}
+
+pub async fn list(State(node): State<Arc<Node>>, _call: Call) -> ApiResult {
+    let mut entry = node_entry(&node);
+    entry["ssl_fingerprint"] = json!(node.fingerprint.clone().unwrap_or_default());
+    Data::new(json!([entry]))
 }
 
 pub async fn status(State(node): State<Arc<Node>>, call: Call) -> ApiResult {

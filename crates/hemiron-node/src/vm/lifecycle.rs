@@ -188,6 +188,24 @@ impl VmManager {
         Ok(())
     }
 
+    /// Checks before stopping a VM and its `pre-stop` hook; `None` if it is not running.
+    async fn prepare_stop(
+        &self,
+        vmid: u32,
+        skiplock: bool,
+        log: &TaskContext,
+    ) -> Result<Option<super::Running>, VmError> {
+        let loaded = self.store.load(vmid)?;
+        check_lock(&loaded.conf, skiplock)?;
+        let Some(run) = self.running(vmid) else {
+            log.log(format!("VM {vmid} is not running"));
+            return Ok(None);
+        };
+        let hook = self.hookscript(&loaded.conf.main.props);
+        self.run_hook(vmid, &hook, "pre-stop", Some(log)).await?;
+        Ok(Some(run))
+    }
+
     /// `status/stop`: ends QEMU at once (the guest gets no say).
     pub async fn stop(
         &self,
@@ -205,14 +223,9 @@ impl VmManager {
         opts: StopOptions,
         log: &TaskContext,
     ) -> Result<(), VmError> {
-        let loaded = self.store.load(vmid)?;
-        check_lock(&loaded.conf, opts.skiplock)?;
-        let Some(run) = self.running(vmid) else {
-            log.log(format!("VM {vmid} is not running"));
+        let Some(run) = self.prepare_stop(vmid, opts.skiplock, log).await? else {
             return Ok(());
         };
-        let hook = self.hookscript(&loaded.conf.main.props);
-        self.run_hook(vmid, &hook, "pre-stop", Some(log)).await?;
         if run.owner.quit().await.is_err() || !run.owner.wait_exit(opts.timeout).await {
             warn!(vmid, "QEMU did not quit; killing it");
             log.log("VM still running - terminating now with SIGTERM");
@@ -241,14 +254,9 @@ impl VmManager {
         opts: StopOptions,
         log: &TaskContext,
     ) -> Result<(), VmError> {
-        let loaded = self.store.load(vmid)?;
-        check_lock(&loaded.conf, opts.skiplock)?;
-        let Some(run) = self.running(vmid) else {
-            log.log(format!("VM {vmid} is not running"));
+        let Some(run) = self.prepare_stop(vmid, opts.skiplock, log).await? else {
             return Ok(());
         };
-        let hook = self.hookscript(&loaded.conf.main.props);
-        self.run_hook(vmid, &hook, "pre-stop", Some(log)).await?;
         // A paused guest cannot react to the power button.
         if run.owner.info().qmpstatus == "paused" {
             run.owner.resume().await?;

@@ -279,6 +279,26 @@ impl Agent {
         agent
     }
 
+    /// `hemiron node user add` with the password on stdin.
+    pub fn add_user(&self, userid: &str, password: &str) {
+        use std::io::Write;
+        let mut child = Command::new(hemiron())
+            .args(["node", "user", "add", "--data-dir"])
+            .arg(self.data_dir())
+            .arg(userid)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("user add");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("write password");
+        assert!(child.wait().expect("user add").success(), "user add failed");
+    }
+
     pub fn add_token(&self, tokenid: &str) -> String {
         let out = Command::new(hemiron())
             .args(["node", "token", "add", "--data-dir"])
