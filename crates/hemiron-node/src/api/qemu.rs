@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{check_node, ApiError, ApiResult, Call, Data};
 use crate::vm::create::{check_create_control, CREATE_CONTROL_PARAMS};
-use crate::vm::lifecycle::{StartOptions, StopOptions};
+use crate::vm::lifecycle::{PowerAction, StartOptions, StopOptions};
 use crate::vm::update::{effective_props, UpdateRequest};
 use crate::vm::VmError;
 use crate::Node;
@@ -425,7 +425,7 @@ pub async fn reset(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
     let vmid = target(&node, p)?;
     let skiplock = p.bool("skiplock").unwrap_or(false);
     power_task(&node, &call, "qmreset", vmid, move |vms, _| async move {
-        vms.reset(vmid, skiplock).await
+        vms.power(vmid, skiplock, PowerAction::Reset).await
     })
 }
 
@@ -440,7 +440,7 @@ pub async fn suspend(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
     }
     let skiplock = p.bool("skiplock").unwrap_or(false);
     power_task(&node, &call, "qmpause", vmid, move |vms, _| async move {
-        vms.suspend(vmid, skiplock).await
+        vms.power(vmid, skiplock, PowerAction::Pause).await
     })
 }
 
@@ -449,7 +449,7 @@ pub async fn resume(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
     let vmid = target(&node, p)?;
     let skiplock = p.bool("skiplock").unwrap_or(false);
     power_task(&node, &call, "qmresume", vmid, move |vms, _| async move {
-        vms.resume(vmid, skiplock).await
+        vms.power(vmid, skiplock, PowerAction::Resume).await
     })
 }
 

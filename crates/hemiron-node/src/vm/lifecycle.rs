@@ -12,6 +12,14 @@ use crate::qemu::{cmdline, limits, process};
 use crate::storage::parse_volid;
 use crate::tasks::TaskContext;
 
+/// Power actions on a running VM that need no waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    Reset,
+    Pause,
+    Resume,
+}
+
 /// Options of `status/start`.
 #[derive(Debug, Default, Clone)]
 pub struct StartOptions {
@@ -303,42 +311,22 @@ impl VmManager {
         self.start_locked(vmid, StartOptions::default(), log).await
     }
 
-    async fn running_or_err(&self, vmid: u32, skiplock: bool) -> Result<super::Running, VmError> {
+    /// `status/reset`, `status/suspend` (pause in RAM) and `status/resume`.
+    pub async fn power(
+        &self,
+        vmid: u32,
+        skiplock: bool,
+        action: PowerAction,
+    ) -> Result<(), VmError> {
+        let _guard = self.lock(vmid).await?;
         let loaded = self.store.load(vmid)?;
         check_lock(&loaded.conf, skiplock)?;
-        self.running(vmid).ok_or(VmError::NotRunning(vmid))
-    }
-
-    /// `status/reset`.
-    pub async fn reset(&self, vmid: u32, skiplock: bool) -> Result<(), VmError> {
-        let _guard = self.lock(vmid).await?;
-        self.running_or_err(vmid, skiplock)
-            .await?
-            .owner
-            .reset()
-            .await?;
-        Ok(())
-    }
-
-    /// `status/suspend` (pause in RAM).
-    pub async fn suspend(&self, vmid: u32, skiplock: bool) -> Result<(), VmError> {
-        let _guard = self.lock(vmid).await?;
-        self.running_or_err(vmid, skiplock)
-            .await?
-            .owner
-            .pause()
-            .await?;
-        Ok(())
-    }
-
-    /// `status/resume`.
-    pub async fn resume(&self, vmid: u32, skiplock: bool) -> Result<(), VmError> {
-        let _guard = self.lock(vmid).await?;
-        self.running_or_err(vmid, skiplock)
-            .await?
-            .owner
-            .resume()
-            .await?;
+        let run = self.running(vmid).ok_or(VmError::NotRunning(vmid))?;
+        match action {
+            PowerAction::Reset => run.owner.reset().await?,
+            PowerAction::Pause => run.owner.pause().await?,
+            PowerAction::Resume => run.owner.resume().await?,
+        }
         Ok(())
     }
 
