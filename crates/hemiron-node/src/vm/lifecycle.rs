@@ -112,6 +112,11 @@ impl VmManager {
         if self.running(vmid).is_some() {
             return Err(VmError::Running(vmid));
         }
+        if let Some(pid) = self.stray_qemu(vmid) {
+            return Err(VmError::Refused(format!(
+                "VM {vmid} has a QEMU process ({pid}) the agent cannot control; stop it first"
+            )));
+        }
         let mut conf = loaded.conf;
         if conf.pending.is_some() {
             let to_free = apply_pending(&mut conf);

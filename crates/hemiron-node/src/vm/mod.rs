@@ -287,6 +287,22 @@ impl VmManager {
         }
     }
 
+    /// Whether `pid` is this VM's QEMU: alive and started with this VM's QMP socket.
+    fn is_vm_process(&self, vmid: u32, pid: u32) -> bool {
+        let marker = format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            cmdline::qmp_socket(&self.run_dir(), vmid).display()
+        );
+        process::is_our_process(pid, &marker)
+    }
+
+    /// A QEMU of this VM that the agent does not control (its QMP connection failed): a
+    /// start must not run a second one on the same disks.
+    pub fn stray_qemu(&self, vmid: u32) -> Option<u32> {
+        let pid = process::read_pidfile(&cmdline::pid_file(&self.run_dir(), vmid))?;
+        self.is_vm_process(vmid, pid).then_some(pid)
+    }
+
     /// Re-adopts VMs whose QEMU survived an agent restart; cleans up after dead ones.
     pub async fn adopt_all(&self) {
         let run = self.run_dir();
@@ -296,11 +312,7 @@ impl VmManager {
                 self.cleanup_runtime(vmid);
                 continue;
             };
-            let marker = format!(
-                "socket,id=qmp,path={},server=on,wait=off",
-                cmdline::qmp_socket(&run, vmid).display()
-            );
-            if !process::is_our_process(pid, &marker) {
+            if !self.is_vm_process(vmid, pid) {
                 info!(vmid, pid, "QEMU of VM is gone; cleaning up");
                 self.cleanup_runtime(vmid);
                 continue;

@@ -283,3 +283,147 @@ pub fn build(
     b.extra_args();
     b.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn build_with(pairs: &[(&str, &str)], accel: Accel) -> Result<QemuCommand, CmdlineError> {
+        let storage = Storage::new(PathBuf::from("/pool"), None);
+        let mut fwd = VmForwards::new();
+        fwd.insert(80, 40080);
+        fwd.insert(22, 40022);
+        let ctx = BuildContext {
+            vmid: 100,
+            run_dir: Path::new("/run/h"),
+            accel,
+            storage: &storage,
+            forwards: Some(&fwd),
+            default_machine: "pc-i440fx-7.2",
+            default_q35: "pc-q35-7.2",
+            qemu_binary: "qemu-system-x86_64",
+        };
+        build(&conf(pairs), &ctx)
+    }
+
+    fn joined(cmd: &QemuCommand) -> String {
+        cmd.argv.join(" ")
+    }
+
+    #[test]
+    fn defaults_follow_proxmox() {
+        let cmd = build_with(
+            &[
+                ("memory", "256"),
+                ("scsi0", "local:100/vm-100-disk-0.qcow2,size=1G"),
+                ("net0", "virtio=BC:24:11:00:00:01,bridge=vmbr0"),
+                ("boot", "order=scsi0;net0"),
+            ],
+            Accel::Tcg,
+        )
+        .unwrap();
+        let s = joined(&cmd);
+        for part in [
+            "-machine type=pc-i440fx-7.2 -accel tcg",
+            "-cpu qemu64",
+            "-m 256",
+            "-smp 1,sockets=1,cores=1,maxcpus=1",
+            "-device lsi,id=scsihw0,bus=pci.0,addr=0x5",
+            "/pool/images/100/vm-100-disk-0.qcow2",
+            "scsi-hd,bus=scsihw0.0,scsi-id=0,drive=drive-scsi0,id=scsi0,write-cache=on,bootindex=100",
+            "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:40080-:80",
+            "virtio-net-pci,netdev=net0,id=net0,mac=BC:24:11:00:00:01,bus=pci.0,addr=0x12,bootindex=200",
+            "-vnc unix:/run/h/100.vnc,password=on",
+            "-device virtio-balloon-pci,id=balloon0,bus=pci.0,addr=0x3",
+        ] {
+            assert!(s.contains(part), "missing {part} in {s}");
+        }
+        assert!(!s.contains("enforce"), "no enforce under TCG");
+        assert_eq!(cmd.machine, "pc-i440fx-7.2");
+    }
+
+    #[test]
+    fn kvm_enforces_the_cpu_model() {
+        let s = joined(&build_with(&[("cpu", "x86-64-v2-AES")], Accel::Kvm).unwrap());
+        assert!(s.contains("-accel kvm"));
+        assert!(s.contains("-cpu qemu64,+aes,+popcnt,+sse4.1,+sse4.2,+ssse3,enforce"));
+        let s = joined(&build_with(&[("kvm", "0")], Accel::Kvm).unwrap());
+        assert!(s.contains("-accel tcg") && s.contains("-cpu qemu64"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_by_property() {
+        let err = build_with(
+            &[
+                ("hostpci0", "0000:01:00.0"),
+                ("vga", "serial0"),
+                ("scsi0", "local:../x.qcow2"),
+            ],
+            Accel::Tcg,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["hostpci0", "scsi0", "vga"]);
+    }
+
+    #[test]
+    fn headless_and_q35_layouts() {
+        let s =
+            joined(&build_with(&[("vga", "serial0"), ("serial0", "socket")], Accel::Tcg).unwrap());
+        assert!(s.contains("-vga none -display none"));
+        assert!(!s.contains("-nographic") && !s.contains("-vnc") && !s.contains("usb-tablet"));
+        assert!(s.contains("socket,id=serial0,path=/run/h/100.serial0,server=on,wait=off"));
+
+        let cmd = build_with(
+            &[
+                ("machine", "q35"),
+                ("virtio6", "local:100/vm-100-disk-6.raw"),
+            ],
+            Accel::Tcg,
+        )
+        .unwrap();
+        let s = joined(&cmd);
+        assert_eq!(cmd.machine, "pc-q35-7.2");
+        assert!(s.contains("i82801b11-bridge,id=pcidmi,bus=pcie.0,addr=0x1e"));
+        assert!(s.contains("VGA,id=vga,bus=pcie.0,addr=0x1"));
+        // The bridge a device needs comes before the device.
+        let bridge = s.find("pci-bridge,id=pci.1").unwrap();
+        let disk = s.find("id=virtio6,bus=pci.1").unwrap();
+        assert!(bridge < disk);
+    }
+
+    #[test]
+    fn legacy_boot_order_and_post_start_actions() {
+        let cmd = build_with(
+            &[
+                ("boot", "dc"),
+                ("ide2", "none,media=cdrom"),
+                ("virtio0", "local:100/vm-100-disk-0.qcow2"),
+                ("net0", "e1000=BC:24:11:00:00:02,link_down=1"),
+                ("balloon", "64"),
+                ("memory", "128"),
+                ("affinity", "0-1"),
+                ("cpulimit", "0.5"),
+            ],
+            Accel::Tcg,
+        )
+        .unwrap();
+        let s = joined(&cmd);
+        assert!(
+            s.contains("ide-cd,bus=ide.1,unit=0,id=ide2,bootindex=100"),
+            "{s}"
+        );
+        assert!(s.contains("id=virtio0,bus=pci.0,addr=0xa,write-cache=on,bootindex=200"));
+        assert_eq!(cmd.post.links_down, vec!["net0".to_string()]);
+        assert_eq!(cmd.post.balloon_target, Some(64 << 20));
+        assert_eq!(cmd.post.affinity.as_deref(), Some("0-1"));
+        assert_eq!(cmd.post.cpulimit, Some(0.5));
+    }
+}
