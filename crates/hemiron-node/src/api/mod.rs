@@ -5,9 +5,11 @@ pub mod error;
 pub mod server;
 
 mod access;
+mod clone;
 mod cluster;
 pub mod nodes;
 mod qemu;
+mod snapshot;
 mod storage;
 mod tasks;
 
@@ -130,6 +132,32 @@ pub fn router(node: Arc<Node>) -> Router {
             post(qemu::resume),
         )
         .route("/nodes/{node}/qemu/{vmid}/resize", put(qemu::resize))
+        .route("/nodes/{node}/qemu/{vmid}/template", post(clone::template))
+        .route("/nodes/{node}/qemu/{vmid}/clone", post(clone::clone))
+        .route(
+            "/nodes/{node}/qemu/{vmid}/cloudinit",
+            get(clone::cloudinit_get).put(clone::cloudinit_put),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/cloudinit/dump",
+            get(clone::cloudinit_dump),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/snapshot",
+            get(snapshot::list).post(snapshot::create),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}",
+            get(snapshot::index).delete(snapshot::delete),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/config",
+            get(snapshot::config_get).put(snapshot::config_put),
+        )
+        .route(
+            "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/rollback",
+            post(snapshot::rollback),
+        )
         .method_not_allowed_fallback(not_implemented)
         .fallback(not_implemented)
         .layer(axum::middleware::from_fn_with_state(

@@ -40,7 +40,7 @@ fn config_value(v: &Value) -> String {
 }
 
 /// A config value as Proxmox returns it: numbers and booleans typed by the schema.
-fn typed_value(key: &str, value: &str) -> serde_json::Value {
+pub(super) fn typed_value(key: &str, value: &str) -> serde_json::Value {
     use hemiron_pve::schema::ParamType;
     match hemiron_pve::spec::config_file_spec(key).map(|s| s.ty) {
         Some(ParamType::Integer | ParamType::Boolean) => value
@@ -55,14 +55,14 @@ fn typed_value(key: &str, value: &str) -> serde_json::Value {
     }
 }
 
-fn vmid_of(p: &ValidatedParams) -> Result<u32, ApiError> {
+pub(super) fn vmid_of(p: &ValidatedParams) -> Result<u32, ApiError> {
     p.int("vmid")
         .and_then(|v| u32::try_from(v).ok())
         .ok_or_else(|| ApiError::param("vmid", "invalid VMID"))
 }
 
 /// Checks the node and that the VM exists; returns its VMID.
-fn target(node: &Node, p: &ValidatedParams) -> Result<u32, ApiError> {
+pub(super) fn target(node: &Node, p: &ValidatedParams) -> Result<u32, ApiError> {
     check_node(node, p.str("node").unwrap_or_default())?;
     let vmid = vmid_of(p)?;
     if !node.vms.exists(vmid) {
@@ -116,7 +116,7 @@ fn update_request(p: &ValidatedParams, skip: &[&str]) -> UpdateRequest {
     req
 }
 
-fn user(call: &Call) -> String {
+pub(super) fn user(call: &Call) -> String {
     call.principal.display_name().to_string()
 }
 
@@ -174,7 +174,7 @@ pub async fn destroy(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
     let vmid = target(&node, p)?;
     let skiplock = p.bool("skiplock").unwrap_or(false);
     let unreferenced = p.bool("destroy-unreferenced-disks").unwrap_or(false);
-    node.vms.check_destroy(vmid, skiplock)?;
+    node.vms.check_destroy(vmid, skiplock).await?;
     let vms = node.vms.clone();
     let upid = node.tasks.spawn(
         "qmdestroy",
@@ -215,7 +215,13 @@ pub async fn config_get(State(node): State<Arc<Node>>, call: Call) -> ApiResult 
     };
     let mut out = serde_json::Map::new();
     for (k, v) in &props {
-        out.insert(k.clone(), typed_value(k, v));
+        // Proxmox never shows the (hashed) cloud-init password.
+        let value = if k == "cipassword" {
+            json!("**********")
+        } else {
+            typed_value(k, v)
+        };
+        out.insert(k.clone(), value);
     }
     if let Some(d) = description {
         out.insert("description".into(), json!(d));
@@ -333,7 +339,7 @@ fn timeout_of(p: &ValidatedParams, default: u64) -> Duration {
 }
 
 /// Runs a power operation as a task and returns its UPID.
-fn power_task<F, Fut>(
+pub(super) fn power_task<F, Fut>(
     node: &Arc<Node>,
     call: &Call,
     task_type: &str,
@@ -369,6 +375,7 @@ pub async fn start(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
     let opts = StartOptions {
         skiplock: p.bool("skiplock").unwrap_or(false),
         machine: p.str("machine").map(str::to_string),
+        ..StartOptions::default()
     };
     power_task(&node, &call, "qmstart", vmid, move |vms, ctx| async move {
         vms.start(vmid, opts, &ctx).await

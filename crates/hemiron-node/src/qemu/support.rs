@@ -29,6 +29,9 @@ pub fn check_property(key: &str, value: &str) -> Result<(), String> {
             "automatic memory ballooning is not implemented; use shares=0 or leave it unset".into(),
         ),
         "cicustom" => Err("custom cloud-init snippets are not supported yet".into()),
+        "citype" if value != "nocloud" => {
+            Err("only the nocloud cloud-init type is supported by this node".into())
+        }
         "hotplug"
             if value
                 .split([',', ';'])
@@ -116,9 +119,6 @@ fn check_drive(key: &str, value: &str) -> Result<(), String> {
     if drive.file == "cdrom" {
         return Err("host CD-ROM passthrough is not supported by this node".into());
     }
-    if drive.is_cloudinit() {
-        return Err("cloud-init drives are not supported yet".into());
-    }
     if let Some(fmt) = drive.format.as_deref() {
         if !matches!(fmt, "qcow2" | "raw") && !drive.is_cdrom() {
             return Err(format!("format '{fmt}' is not supported (qcow2 or raw)"));
@@ -136,7 +136,8 @@ mod tests {
         assert!(check_property("hostpci0", "0000:01:00.0").is_err());
         assert!(check_property("net0", "virtio,bridge=vmbr0,rate=5").is_err());
         assert!(check_property("net0", "virtio,bridge=vmbr0,firewall=1").is_ok());
-        assert!(check_property("scsi0", "local:cloudinit").is_err());
+        assert!(check_property("ide2", "local:cloudinit").is_ok());
+        assert!(check_property("citype", "configdrive2").is_err());
         assert!(check_property("scsi0", "local:1,format=vmdk").is_err());
         assert!(check_property("scsi0", "local:1,format=raw").is_ok());
         assert!(check_property("vga", "qxl2").is_err());

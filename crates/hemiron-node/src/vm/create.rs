@@ -151,7 +151,7 @@ impl VmManager {
     }
 
     /// Checks done before a destroy task is started.
-    pub fn check_destroy(&self, vmid: u32, skiplock: bool) -> Result<(), VmError> {
+    pub async fn check_destroy(&self, vmid: u32, skiplock: bool) -> Result<(), VmError> {
         let loaded = self.store.load(vmid)?;
         if loaded.conf.get("protection") == Some("1") {
             return Err(VmError::Protected(vmid));
@@ -159,6 +159,14 @@ impl VmManager {
         check_lock(&loaded.conf, skiplock)?;
         if self.running(vmid).is_some() {
             return Err(VmError::RunningDestroy(vmid));
+        }
+        let clones = self.linked_clones(&loaded.conf).await?;
+        if !clones.is_empty() {
+            let list: Vec<String> = clones.iter().map(u32::to_string).collect();
+            return Err(VmError::Refused(format!(
+                "can't remove template VM {vmid} - linked clones use its base disks: {}",
+                list.join(", ")
+            )));
         }
         Ok(())
     }
@@ -172,7 +180,7 @@ impl VmManager {
         log: &TaskContext,
     ) -> Result<(), VmError> {
         let _guard = self.lock(vmid).await?;
-        self.check_destroy(vmid, skiplock)?;
+        self.check_destroy(vmid, skiplock).await?;
         let loaded = self.store.load(vmid)?;
         let mut volumes: Vec<String> = referenced_volumes(&loaded.conf)
             .into_iter()
@@ -184,6 +192,14 @@ impl VmManager {
                 })
             })
             .collect();
+        // The cloud-init drive is a CD-ROM, but the VM's own volume.
+        if let Some((_, vol)) =
+            super::cloudinit::cloudinit_drive(&super::update::effective_props(&loaded.conf))
+        {
+            if self.storage().existing_path(&vol).is_ok() {
+                volumes.push(vol.to_string());
+            }
+        }
         if destroy_unreferenced {
             for pool in self.storage().pools() {
                 let entries = self

@@ -26,6 +26,10 @@ pub struct StartOptions {
     pub skiplock: bool,
     /// A machine type that overrides the config's for this start.
     pub machine: Option<String>,
+    /// Start with the vCPUs paused (QEMU `-S`), e.g. to load a snapshot's RAM first.
+    pub paused: bool,
+    /// Extra QEMU arguments for this start only.
+    pub extra_args: Vec<String>,
 }
 
 /// Options of `status/stop` and `status/shutdown`.
@@ -128,10 +132,17 @@ impl VmManager {
                 }
             }
         }
+        if self.regenerate_cloudinit(vmid, &mut conf).await? {
+            self.store.write(vmid, &conf)?;
+        }
         if let Some(m) = &opts.machine {
             conf.main.props.insert("machine".into(), m.clone());
         }
-        let cmd = self.command_for(vmid, &conf)?;
+        let mut cmd = self.command_for(vmid, &conf)?;
+        if opts.paused && !cmd.argv.iter().any(|a| a == "-S") {
+            cmd.argv.push("-S".into());
+        }
+        cmd.argv.extend(opts.extra_args.iter().cloned());
         let hook = self.hookscript(&conf.main.props);
         self.run_hook(vmid, &hook, "pre-start", Some(log)).await?;
 

@@ -4,6 +4,7 @@
 //! 10 s before failing as Proxmox does. The config file is the VM's source of truth; the
 //! running state is the QEMU process, which outlives the agent and is re-adopted on start.
 
+pub mod cloudinit;
 pub mod create;
 pub mod error;
 pub mod forwards;
@@ -11,8 +12,10 @@ pub mod hotplug;
 pub mod lifecycle;
 pub mod netstats;
 pub mod owner;
+pub mod snapshot;
 pub mod status;
 pub mod store;
+pub mod template;
 pub mod update;
 
 use std::collections::HashMap;

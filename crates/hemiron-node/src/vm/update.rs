@@ -108,6 +108,12 @@ pub fn referenced_volumes(conf: &VmConfig) -> Vec<String> {
     for s in conf.snapshots.values() {
         scan(&s.props);
     }
+    // A snapshot's saved RAM lives in a volume of its own.
+    out.extend(
+        conf.snapshots
+            .values()
+            .filter_map(|s| s.props.get("vmstate").cloned()),
+    );
     out.sort();
     out.dedup();
     out
@@ -284,6 +290,10 @@ impl VmManager {
             let Some(value) = set.get(&key).cloned() else {
                 continue;
             };
+            if key == "cipassword" {
+                set.insert(key.clone(), super::cloudinit::hash_password(&value)?);
+                continue;
+            }
             if key.starts_with("net") && !key.starts_with("netin") {
                 let mut net =
                     NetDevice::parse(&value).map_err(|e| VmError::param(&key, e.to_string()))?;
@@ -299,6 +309,15 @@ impl VmManager {
             };
             let mut drive =
                 Drive::parse(dk, &value, true).map_err(|e| VmError::param(&key, e.to_string()))?;
+            if let Some(Allocation::Cloudinit { storage }) = drive.allocation() {
+                // The drive's content is generated at each start (see `cloudinit`).
+                self.storage().pool(&storage)?;
+                set.insert(
+                    key.clone(),
+                    format!("{storage}:{vmid}/vm-{vmid}-cloudinit.qcow2,media=cdrom"),
+                );
+                continue;
+            }
             let Some(Allocation::Disk { storage, .. }) = drive.allocation() else {
                 if drive.import_from.is_some() {
                     return Err(VmError::param(
@@ -309,7 +328,9 @@ impl VmManager {
                 // An existing volume: it must exist and belong to this VM (or be an ISO).
                 if let Some(DriveFile::Volume(v)) = drive.drive_file() {
                     let vol = parse_volid(&v.to_string())?;
-                    self.storage().existing_path(&vol)?;
+                    if !drive.is_cloudinit() {
+                        self.storage().existing_path(&vol)?;
+                    }
                 }
                 set.insert(key.clone(), drive.to_string());
                 continue;

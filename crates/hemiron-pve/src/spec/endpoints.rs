@@ -397,4 +397,11 @@ pub static ENDPOINTS: &[EndpointSpec] = &[
         &[NODE_VMID_SNAPNAME, SNAPSHOT_DELETE],
     ),
     ep("GET", vm!("/cloudinit/dump"), &[NODE_VMID, CLOUDINIT_DUMP]),
+    // Directory indexes and cloud-init status.
+    ep("GET", "/nodes/{node}/qemu/{vmid}", &[NODE_VMID]),
+    ep("GET", vm!("/status"), &[NODE_VMID]),
+    ep("GET", "/nodes/{node}/tasks/{upid}", &[NODE_UPID]),
+    ep("GET", vm!("/snapshot/{snapname}"), &[NODE_VMID_SNAPNAME]),
+    ep("GET", vm!("/cloudinit"), &[NODE_VMID]),
+    ep("PUT", vm!("/cloudinit"), &[NODE_VMID]),
 ];

@@ -8,11 +8,11 @@
 //! `POOL/dump/…` as in Proxmox. Disk images are made and copied with `qemu-img`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
+mod image;
+
+pub use image::{image_info, SnapshotOp};
 use serde::Serialize;
-use tokio::process::Command;
-use tracing::debug;
 
 /// Failure of a storage operation.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,20 @@ pub enum StorageError {
     },
     #[error("shrinking disks is not supported")]
     Shrink,
+    #[error("volume '{0}' is not a base image of a template")]
+    NotBase(String),
+    #[error("volume '{0}' is already a base image")]
+    AlreadyBase(String),
+    #[error("linked clones must be on the storage of their base ('{0}')")]
+    LinkedElsewhere(String),
+    #[error("base volume '{base}' is still in use by linked clones: {clones}")]
+    BaseInUse { base: String, clones: String },
+    #[error("failed to rename {path}")]
+    Rename {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Image formats a volume may have.
@@ -160,33 +174,6 @@ pub struct Storage {
     pools: Vec<Pool>,
 }
 
-#[derive(serde::Deserialize)]
-struct QemuImgInfo {
-    #[serde(rename = "virtual-size")]
-    virtual_size: u64,
-    #[serde(rename = "actual-size", default)]
-    actual_size: Option<u64>,
-    #[serde(rename = "backing-filename", default)]
-    backing_filename: Option<String>,
-}
-
-async fn qemu_img(action: &'static str, args: &[&str]) -> Result<Vec<u8>, StorageError> {
-    debug!(action, ?args, "qemu-img");
-    let out = Command::new("qemu-img")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|source| StorageError::SpawnQemuImg { action, source })?;
-    if !out.status.success() {
-        return Err(StorageError::QemuImg {
-            action,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(out.stdout)
-}
-
 impl Storage {
     pub fn new(local: PathBuf, shared: Option<PathBuf>) -> Self {
         let mut pools = vec![Pool {
@@ -243,7 +230,9 @@ impl Storage {
             VolumeKind::Backup(name) => pool.path.join("dump").join(name),
             VolumeKind::Snippets(name) => pool.path.join("snippets").join(name),
             VolumeKind::Import(name) => pool.path.join("import").join(name),
-            VolumeKind::Image { .. } => pool.path.join("images").join(rel),
+            VolumeKind::Image { vmid, name, .. } => {
+                pool.path.join("images").join(vmid.to_string()).join(name)
+            }
             _ => return Err(StorageError::BadVolumeId(volid.to_string())),
         })
     }
@@ -255,120 +244,6 @@ impl Storage {
             return Err(StorageError::VolumeNotFound(volid.to_string()));
         }
         Ok(path)
-    }
-
-    fn image_dir(&self, storage: &str, vmid: u32) -> Result<PathBuf, StorageError> {
-        Ok(self
-            .pool(storage)?
-            .path
-            .join("images")
-            .join(vmid.to_string()))
-    }
-
-    /// The next free `vm-VMID-disk-N` name on a pool.
-    fn next_disk_name(
-        &self,
-        storage: &str,
-        vmid: u32,
-        format: ImageFormat,
-    ) -> Result<String, StorageError> {
-        let dir = self.image_dir(storage, vmid)?;
-        let taken: Vec<String> = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let n = (0..)
-            .find(|n| {
-                let stem = format!("vm-{vmid}-disk-{n}.");
-                let base = format!("base-{vmid}-disk-{n}.");
-                !taken
-                    .iter()
-                    .any(|t| t.starts_with(&stem) || t.starts_with(&base))
-            })
-            .unwrap_or(0);
-        Ok(format!("vm-{vmid}-disk-{n}.{}", format.as_str()))
-    }
-
-    /// The directory and file name of the next new volume of `vmid` on a pool.
-    fn new_volume_name(
-        &self,
-        storage: &str,
-        vmid: u32,
-        format: ImageFormat,
-    ) -> Result<(PathBuf, String), StorageError> {
-        let dir = self.image_dir(storage, vmid)?;
-        std::fs::create_dir_all(&dir).map_err(|source| StorageError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
-        let name = self.next_disk_name(storage, vmid, format)?;
-        Ok((dir, name))
-    }
-
-    /// Allocates a new empty volume of `size` bytes for `vmid`.
-    pub async fn alloc(
-        &self,
-        storage: &str,
-        vmid: u32,
-        size: u64,
-        format: ImageFormat,
-    ) -> Result<VolumeId, StorageError> {
-        let (dir, name) = self.new_volume_name(storage, vmid, format)?;
-        let path = dir.join(&name);
-        let path_str = path.to_string_lossy().into_owned();
-        let size_str = size.to_string();
-        qemu_img(
-            "create",
-            &["create", "-q", "-f", format.as_str(), &path_str, &size_str],
-        )
-        .await?;
-        Ok(VolumeId {
-            storage: storage.to_string(),
-            volname: format!("{vmid}/{name}"),
-        })
-    }
-
-    /// Creates a new volume for `vmid` holding a copy of `source` (a file path).
-    pub async fn import(
-        &self,
-        storage: &str,
-        vmid: u32,
-        source: &Path,
-        format: ImageFormat,
-    ) -> Result<VolumeId, StorageError> {
-        if !source.is_file() {
-            return Err(StorageError::ImportSourceMissing(
-                source.display().to_string(),
-            ));
-        }
-        let (dir, name) = self.new_volume_name(storage, vmid, format)?;
-        let path = dir.join(&name);
-        // Convert into a temporary name so that a failed import leaves no half volume.
-        let tmp = dir.join(format!(".{name}.importing"));
-        let src = source.to_string_lossy().into_owned();
-        let tmp_str = tmp.to_string_lossy().into_owned();
-        let result = qemu_img(
-            "convert",
-            &["convert", "-U", "-O", format.as_str(), &src, &tmp_str],
-        )
-        .await
-        .and_then(|_| {
-            std::fs::rename(&tmp, &path).map_err(|source| StorageError::CreateDir {
-                path: path.clone(),
-                source,
-            })
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
-        Ok(VolumeId {
-            storage: storage.to_string(),
-            volname: format!("{vmid}/{name}"),
-        })
     }
 
     /// Deletes a volume's file.
@@ -383,34 +258,6 @@ impl Storage {
             // Leave no empty per-VM image directory behind; fails harmlessly if not empty.
             let _ = std::fs::remove_dir(dir);
         }
-        Ok(())
-    }
-
-    /// Virtual size of a volume in bytes.
-    pub async fn volume_size(&self, volid: &VolumeId) -> Result<u64, StorageError> {
-        let path = self.existing_path(volid)?;
-        Ok(image_info(&path).await?.virtual_size)
-    }
-
-    /// Grows a volume that no running VM uses.
-    pub async fn resize_offline(
-        &self,
-        volid: &VolumeId,
-        new_size: u64,
-    ) -> Result<(), StorageError> {
-        let path = self.existing_path(volid)?;
-        let current = image_info(&path).await?.virtual_size;
-        if new_size < current {
-            return Err(StorageError::Shrink);
-        }
-        let path_str = path.to_string_lossy().into_owned();
-        let size = new_size.to_string();
-        let mut args = vec!["resize", "-q"];
-        if let Some(fmt) = volume_format(volid) {
-            args.extend(["-f", fmt.as_str()]);
-        }
-        args.extend([path_str.as_str(), size.as_str()]);
-        qemu_img("resize", &args).await?;
         Ok(())
     }
 
@@ -476,6 +323,18 @@ impl Storage {
                         continue;
                     };
                     let info = image_info(&file).await.ok();
+                    // A linked clone's volume ID names its base, as Proxmox's dir storage does.
+                    let parent = info
+                        .as_ref()
+                        .and_then(|i| i.backing_filename.as_deref())
+                        .and_then(base_of_backing);
+                    let volid = match &parent {
+                        Some(base) => VolumeId {
+                            storage: storage.to_string(),
+                            volname: format!("{base}/{owner}/{name}"),
+                        },
+                        None => volid,
+                    };
                     out.push(ContentEntry {
                         volid: volid.to_string(),
                         content: "images".into(),
@@ -484,11 +343,7 @@ impl Storage {
                         used: info.as_ref().and_then(|i| i.actual_size),
                         vmid: Some(owner),
                         ctime: ctime(&file),
-                        parent: info.and_then(|i| i.backing_filename).and_then(|b| {
-                            Path::new(&b)
-                                .file_name()
-                                .map(|n| n.to_string_lossy().into_owned())
-                        }),
+                        parent: parent.map(|b| format!("{storage}:{b}")),
                     });
                 }
             }
@@ -533,6 +388,15 @@ impl Storage {
     }
 }
 
+/// `../100/base-100-disk-0.qcow2` (how linked clones point at their base) → its volume
+/// name `100/base-100-disk-0.qcow2`.
+fn base_of_backing(backing: &str) -> Option<String> {
+    let rel = backing.strip_prefix("../")?;
+    let (vmid, name) = rel.split_once('/')?;
+    (vmid.parse::<u32>().is_ok() && name.starts_with("base-") && !name.contains('/'))
+        .then(|| format!("{vmid}/{name}"))
+}
+
 fn ctime(path: &Path) -> Option<i64> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| m.ctime())
@@ -551,16 +415,6 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
             source,
         }),
     }
-}
-
-/// `qemu-img info` of an image, readable while a VM uses it (`-U`).
-async fn image_info(path: &Path) -> Result<QemuImgInfo, StorageError> {
-    let p = path.to_string_lossy().into_owned();
-    let out = qemu_img("info", &["info", "-U", "--output=json", &p]).await?;
-    serde_json::from_slice(&out).map_err(|source| StorageError::QemuImgOutput {
-        action: "info",
-        source,
-    })
 }
 
 #[cfg(test)]
@@ -622,5 +476,66 @@ mod tests {
         st.free(&v1).unwrap();
         assert!(st.list("local", None, None).await.unwrap().is_empty());
         assert!(!dir.path().join("local/images/100").exists());
+    }
+
+    #[tokio::test]
+    async fn template_clones_and_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Storage::new(dir.path().join("local"), None);
+        st.create_dirs().unwrap();
+        let v = st
+            .alloc("local", 100, 1 << 20, ImageFormat::Qcow2)
+            .await
+            .unwrap();
+        let base = st.make_base(&v).unwrap();
+        assert_eq!(base.to_string(), "local:100/base-100-disk-0.qcow2");
+        assert!(st.make_base(&base).is_err());
+        let linked = st.clone_linked(&base, 101).await.unwrap();
+        assert_eq!(
+            linked.to_string(),
+            "local:100/base-100-disk-0.qcow2/101/vm-101-disk-0.qcow2"
+        );
+        assert!(st
+            .path(&linked)
+            .unwrap()
+            .ends_with("images/101/vm-101-disk-0.qcow2"));
+        let listed = st.list("local", Some("images"), Some(101)).await.unwrap();
+        assert_eq!(listed[0].volid, linked.to_string());
+        assert_eq!(
+            listed[0].parent.as_deref(),
+            Some("local:100/base-100-disk-0.qcow2")
+        );
+        assert_eq!(
+            st.linked_clones_of(&base).await.unwrap(),
+            vec![linked.to_string()]
+        );
+        let full = st
+            .copy_full(
+                &st.path(&base).unwrap(),
+                "local",
+                102,
+                ImageFormat::Qcow2,
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(full.to_string(), "local:102/vm-102-disk-0.qcow2");
+        assert_eq!(st.volume_size(&full).await.unwrap(), 1 << 20);
+
+        st.snapshot_offline(&linked, SnapshotOp::Create, "s1")
+            .await
+            .unwrap();
+        assert_eq!(
+            st.snapshot_names(&linked).await.unwrap(),
+            vec!["s1".to_string()]
+        );
+        st.snapshot_offline(&linked, SnapshotOp::Apply, "s1")
+            .await
+            .unwrap();
+        st.snapshot_offline(&linked, SnapshotOp::Delete, "s1")
+            .await
+            .unwrap();
+        assert!(st.snapshot_names(&linked).await.unwrap().is_empty());
     }
 }
