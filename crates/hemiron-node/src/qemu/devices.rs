@@ -230,13 +230,16 @@ pub fn blockdev_args(key: &DriveKey, d: &Drive, source: &DriveSource) -> Vec<Str
     let file_node = format!("file-drive-{key}");
     let fmt_node = format_node(key, throttled);
     let cache = json!({ "direct": direct, "no-flush": no_flush });
+    // The file layer always accepts discards: the guest's are filtered at the format layer
+    // (per `discard=`), while qcow2's own (clusters freed by deleting a snapshot) must reach
+    // the file so its space is given back.
     let file = json!({
         "driver": if is_device { "host_device" } else { "file" },
         "filename": path.to_string_lossy(),
         "node-name": file_node,
         "aio": aio.as_str(),
         "cache": cache,
-        "discard": discard,
+        "discard": "unmap",
         "read-only": read_only,
     });
     let fmt = json!({

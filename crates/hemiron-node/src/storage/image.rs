@@ -360,13 +360,22 @@ impl Storage {
         name: &str,
     ) -> Result<(), StorageError> {
         let path = self.existing_path(volid)?;
-        let p = path.to_string_lossy().into_owned();
         let (action, flag) = match op {
             SnapshotOp::Create => ("snapshot create", "-c"),
             SnapshotOp::Apply => ("snapshot apply", "-a"),
             SnapshotOp::Delete => ("snapshot delete", "-d"),
         };
-        qemu_img(action, &["snapshot", "-q", flag, name, &p]).await?;
+        // Opened with discards passed down, so clusters a deleted snapshot frees are
+        // punched out of the file, not just marked free inside it.
+        let opts = format!(
+            "driver=qcow2,discard=unmap,file.driver=file,file.discard=unmap,file.filename={}",
+            path.to_string_lossy().replace(',', ",,")
+        );
+        qemu_img(
+            action,
+            &["snapshot", "-q", "--image-opts", flag, name, &opts],
+        )
+        .await?;
         Ok(())
     }
 
