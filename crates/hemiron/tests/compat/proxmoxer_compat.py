@@ -123,4 +123,43 @@ wait(pw, pw.nodes(NODE).qemu(vmid).delete(purge=1), "delete")
 check(all(r["vmid"] != vmid for r in tok.cluster.resources.get(type="vm")), "VM gone")
 tasks = tok.nodes(NODE).tasks.get(vmid=vmid, limit=100)
 check({t["type"] for t in tasks} >= {"qmcreate", "qmstart", "qmstop", "qmdestroy"}, "task history")
+# Cloud-init settings, template, linked clone, snapshots — as Ansible's modules drive them.
+import urllib.parse
+tid = int(tok.cluster.nextid.get())
+key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhlbWlyb24tY29tcGF0LXRlc3Qta2V5LW9ubHk compat@test"
+wait(tok, tok.nodes(NODE).qemu.post(vmid=tid, name="compat-tmpl", memory=128,
+                                     scsi0=f"local:0,import-from={IMAGE}",
+                                     net0="virtio,bridge=vmbr0", ide2="local:cloudinit",
+                                     ciuser="deploy", cipassword="s3cret",
+                                     sshkeys=urllib.parse.quote(key + "\n", safe=""),
+                                     ipconfig0="ip=dhcp", searchdomain="example.com"),
+     "create with cloud-init")
+conf = tok.nodes(NODE).qemu(tid).config.get()
+check(conf["ciuser"] == "deploy" and conf["cipassword"] == "**********", "cloud-init settings stored")
+user = tok.nodes(NODE).qemu(tid).cloudinit.dump.get(type="user")
+check("user: deploy" in user and key in user and "fqdn: compat-tmpl.example.com" in user,
+      "cloud-init user-data")
+wait(tok, tok.nodes(NODE).qemu(tid).template.post(), "template")
+check(tok.nodes(NODE).qemu(tid).config.get()["template"] == 1, "template flag")
+cid = tid + 1
+wait(tok, tok.nodes(NODE).qemu(tid).clone.post(newid=cid, name="compat-clone"), "linked clone")
+cconf = tok.nodes(NODE).qemu(cid).config.get()
+check(cconf["name"] == "compat-clone" and "base-" in cconf["scsi0"], f"linked clone disk {cconf['scsi0']}")
+check(cconf["net0"] != conf["net0"], "clone has a new MAC")
+snaps = tok.nodes(NODE).qemu(cid).snapshot
+wait(tok, snaps.post(snapname="before", description="compat snapshot"), "snapshot")
+names = [s["name"] for s in snaps.get()[:-1]]
+check(names == ["before"] and snaps.get()[-1]["name"] == "current", "snapshot list ends with current")
+check(snaps("before").config.get()["description"] == "compat snapshot", "snapshot config")
+snaps("before").config.put(description="renamed")
+wait(tok, snaps("before").rollback.post(), "rollback")
+wait(tok, snaps("before").delete(), "snapshot delete")
+check([s["name"] for s in snaps.get()] == ["current"], "snapshot gone")
+try:
+    tok.nodes(NODE).qemu(tid).delete()
+    check(False, "template with linked clone refused")
+except ResourceException as e:
+    check(e.status_code == 500 and str(cid) in e.content, f"template delete refused: {e.content}")
+wait(tok, tok.nodes(NODE).qemu(cid).delete(purge=1), "delete clone")
+wait(tok, tok.nodes(NODE).qemu(tid).delete(purge=1), "delete template")
 print("proxmoxer compatibility: all checks passed")
