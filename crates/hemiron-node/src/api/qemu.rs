@@ -161,12 +161,21 @@ pub async fn create(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
 
 pub async fn index(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
     target(&node, &call.params)?;
-    Data::new(json!([
-        { "subdir": "config" },
-        { "subdir": "pending" },
-        { "subdir": "status" },
-        { "subdir": "resize" },
-    ]))
+    let dirs = [
+        "config",
+        "pending",
+        "status",
+        "resize",
+        "snapshot",
+        "clone",
+        "template",
+        "cloudinit",
+    ];
+    Data::new(
+        dirs.iter()
+            .map(|d| json!({ "subdir": d }))
+            .collect::<Vec<_>>(),
+    )
 }
 
 pub async fn destroy(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
@@ -289,11 +298,18 @@ pub async fn pending(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
     for key in keys {
         let mut e = serde_json::Map::new();
         e.insert("key".into(), json!(key));
+        let shown = |v: &String| {
+            if key == "cipassword" {
+                json!("**********")
+            } else {
+                typed_value(&key, v)
+            }
+        };
         if let Some(v) = conf.main.props.get(&key) {
-            e.insert("value".into(), typed_value(&key, v));
+            e.insert("value".into(), shown(v));
         }
         if let Some(v) = pending.section.props.get(&key) {
-            e.insert("pending".into(), typed_value(&key, v));
+            e.insert("pending".into(), shown(v));
         }
         if let Some(force) = pending.delete.get(&key) {
             e.insert("delete".into(), json!(if *force { 2 } else { 1 }));
