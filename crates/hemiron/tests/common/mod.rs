@@ -425,9 +425,10 @@ pub fn create_vm(api: &Api, node: &str, vmid: u32, extra: &[(&str, &str)]) {
         }
     }
     // The boot disk, unless the test brings its own (a CD-ROM on ide2 does not count).
-    if !extra.iter().any(|(k, _)| {
-        k.starts_with("scsi") || k.starts_with("virtio") || k.starts_with("sata")
-    }) {
+    if !extra
+        .iter()
+        .any(|(k, _)| k.starts_with("scsi") || k.starts_with("virtio") || k.starts_with("sata"))
+    {
         params.push(("scsi0", &disk));
     }
     params.extend_from_slice(extra);
