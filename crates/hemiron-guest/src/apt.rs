@@ -1,5 +1,6 @@
 //! apt on the build host: which Debian packages the image is made of (the kernel behind the
-//! `linux-image-amd64` metapackage, and `busybox-static`), and downloading them into the cache.
+//! `linux-image-amd64` metapackage, `busybox-static`, `dropbear-bin` and the libraries it
+//! links), and downloading them into the cache.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,11 +14,14 @@ use crate::host::{self, HostTools};
 /// the ABI (`6.1.0-56`) out of our code.
 pub(crate) const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
 
-/// The guest's whole userland.
+/// The guest's whole userland, but for SSH.
 pub(crate) const BUSYBOX_PACKAGE: &str = "busybox-static";
 
+/// The SSH server (`dropbear`) and its key generator (`dropbearkey`), dynamically linked.
+pub(crate) const DROPBEAR_PACKAGE: &str = "dropbear-bin";
+
 /// One exact version of a Debian package, as apt would download it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Package {
     pub name: String,
     pub version: String,
@@ -108,25 +112,67 @@ pub(crate) fn show(tools: &HostTools, names: &[&str]) -> Result<Records, BuildEr
 impl Records {
     /// The candidate version of package `name`.
     pub(crate) fn package(&self, name: &str) -> Result<Package, BuildError> {
-        // apt-cache says nothing about a name it doesn't know when it knows the others.
-        let record = self
-            .0
-            .split("\n\n")
-            .find(|r| record_field(r, "Package").as_deref() == Some(name))
-            .ok_or_else(|| BuildError::AptListsMissing {
-                package: name.to_string(),
-            })?;
+        self.find(name)?.ok_or_else(|| BuildError::AptListsMissing {
+            package: name.to_string(),
+        })
+    }
+
+    /// The candidate version of package `name`, or `None` if apt has no record of it (as for
+    /// a virtual package).
+    pub(crate) fn find(&self, name: &str) -> Result<Option<Package>, BuildError> {
+        let Some(record) = self.record(name) else {
+            return Ok(None);
+        };
         let field = |field: &'static str| {
             record_field(record, field).ok_or_else(|| BuildError::PackageRecordField {
                 package: name.to_string(),
                 field,
             })
         };
-        Ok(Package {
+        Ok(Some(Package {
             name: name.to_string(),
             version: field("Version")?,
             architecture: field("Architecture")?,
-        })
+        }))
+    }
+
+    /// The packages `name` needs installed: `Pre-Depends`, then `Depends`, the first
+    /// alternative of each, without version constraints or architecture qualifiers. Empty if
+    /// apt has no record of `name`.
+    pub(crate) fn depends(&self, name: &str) -> Vec<String> {
+        let Some(record) = self.record(name) else {
+            return Vec::new();
+        };
+        ["Pre-Depends", "Depends"]
+            .iter()
+            .filter_map(|field| record_field(record, field))
+            .flat_map(|list| {
+                list.split(',')
+                    .filter_map(|dep| {
+                        let first = dep.split('|').next()?.trim();
+                        let name = first.split([' ', '(']).next()?;
+                        let name = name.split(':').next()?;
+                        (!name.is_empty()).then(|| name.to_string())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Adds the records of another query.
+    pub(crate) fn extend(&mut self, other: Records) {
+        let kept = self.0.trim_end_matches('\n').len();
+        self.0.truncate(kept);
+        self.0.push_str("\n\n");
+        self.0.push_str(&other.0);
+    }
+
+    // apt-cache says nothing about a name it doesn't know when it knows the others.
+    fn record(&self, name: &str) -> Option<&str> {
+        self.0
+            .split("\n\n")
+            .map(|r| r.trim_start_matches('\n'))
+            .find(|r| record_field(r, "Package").as_deref() == Some(name))
     }
 }
 
@@ -247,6 +293,32 @@ mod tests {
             records.package("gone"),
             Err(BuildError::AptListsMissing { package }) if package == "gone"
         ));
+    }
+
+    #[test]
+    fn depends_takes_first_alternatives_without_versions() {
+        let records = Records(
+            "Package: dropbear-bin\nVersion: 2022.83-1\nArchitecture: amd64\nPre-Depends: init-system-helpers (>= 1.54~)\nDepends: libc6 (>= 2.34), libcrypt1 (>= 1:4.1.0), libz1 | zlib1g:any (>= 1:1.1.4),libtommath1\nSuggests: openssh-client\n\nPackage: libc6\nVersion: 2.36\nArchitecture: amd64\n".into(),
+        );
+        assert_eq!(
+            records.depends("dropbear-bin"),
+            [
+                "init-system-helpers",
+                "libc6",
+                "libcrypt1",
+                "libz1",
+                "libtommath1"
+            ]
+        );
+        assert!(records.depends("libc6").is_empty());
+        assert!(records.depends("absent").is_empty());
+        assert!(records.find("absent").unwrap().is_none());
+        let mut more = records;
+        more.extend(Records(
+            "Package: zlib1g\nVersion: 1:1.2.13\nArchitecture: amd64\n".into(),
+        ));
+        assert_eq!(more.package("zlib1g").unwrap().version, "1:1.2.13");
+        assert_eq!(more.package("libc6").unwrap().version, "2.36");
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! Cache layout under `<cache_dir>`:
 //! - `kernel/<package>_<version>_<arch>/` — `vmlinuz`, `index.json`, `ko/<module>.ko`
 //! - `busybox/<package>_<version>_<arch>/busybox`
+//! - `files/<package>_<version>_<arch>/` — `tree.json` and `root/<path>`: the shared objects
+//!   and programs of a package whose programs the guest runs, or of a library they need
+//! - `sshd/closure.json` — which of those files the SSH server needs (see the `sshd` module)
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{self, Read, Write};
@@ -22,6 +25,7 @@ use crate::apt::{self, Package};
 use crate::error::BuildError;
 use crate::host::{self, HostTools};
 use crate::modules::{self, ModuleIndex};
+use crate::sharedlibs::PackageTree;
 
 /// The kernel's files in the cache.
 #[derive(Debug, Clone)]
@@ -170,7 +174,11 @@ impl Cache<'_> {
         let json = serde_json::to_vec(&file)
             .map_err(|source| BuildError::SerializeModuleIndex { source })?;
         write_file(&staging.path().join("index.json"), &json, 0o644)?;
-        publish_dir(staging, dir)
+        publish_dir(
+            staging,
+            dir,
+            |dir| matches!(read_index(&dir.join("index.json")), Ok(Some(f)) if f.format == INDEX_FORMAT),
+        )
     }
 
     /// Makes sure every module in `names` is in the kernel's cache directory, reading the
@@ -238,6 +246,97 @@ impl Cache<'_> {
     }
 }
 
+/// The shared objects and programs of one package, extracted into the cache.
+#[derive(Debug, Clone)]
+pub(crate) struct ExtractedTree {
+    pub tree: PackageTree,
+    /// Holds the tree's regular files at their package paths.
+    root: PathBuf,
+}
+
+impl ExtractedTree {
+    /// Where regular file `path` of the package is in the cache.
+    pub(crate) fn file(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+}
+
+impl Cache<'_> {
+    /// The shared objects and programs of `package` (see [`PackageTree::wants`]), extracted
+    /// on first use into `files/<package key>/`: the files under `root/`, then `tree.json`
+    /// listing them, written last.
+    pub(crate) fn package_tree(&self, package: &Package) -> Result<ExtractedTree, BuildError> {
+        let dir = self.dir.join("files").join(package.cache_key());
+        let index = dir.join("tree.json");
+        let tree = match read_tree(&index)? {
+            Some(tree) => tree,
+            None => {
+                self.extract_tree(package, &dir)?;
+                read_tree(&index)?.ok_or_else(|| BuildError::ReadCache {
+                    path: index.clone(),
+                    source: io::ErrorKind::NotFound.into(),
+                })?
+            }
+        };
+        Ok(ExtractedTree {
+            tree,
+            root: dir.join("root"),
+        })
+    }
+
+    fn extract_tree(&self, package: &Package, dir: &Path) -> Result<(), BuildError> {
+        let deb = apt::ensure_downloaded(self.tools, package, &self.debs_dir())?;
+        let parent = dir.parent().unwrap_or(self.dir);
+        let staging = staging_dir(parent)?;
+        let root = staging.path().join("root");
+        debug!(package = %package.name, version = %package.version, "extracting libraries and programs");
+        let mut tree = PackageTree::default();
+        stream_entries(self.tools, package, &deb, |path, entry| {
+            if !PackageTree::wants(path) {
+                return Ok(Flow::Continue);
+            }
+            match entry {
+                Entry::File { mode, contents } => {
+                    let target = root.join(path);
+                    create_dir(target.parent().unwrap_or(&root))?;
+                    write_stream(&target, contents, mode)?;
+                    tree.files.insert(path.to_string(), mode);
+                }
+                Entry::Symlink { target } => {
+                    tree.symlinks.insert(path.to_string(), target);
+                }
+            }
+            Ok(Flow::Continue)
+        })?;
+        let json = serde_json::to_vec(&tree)
+            .map_err(|source| BuildError::SerializeCacheIndex { source })?;
+        write_file(&staging.path().join("tree.json"), &json, 0o644)?;
+        publish_dir(staging, dir, |dir| {
+            matches!(read_tree(&dir.join("tree.json")), Ok(Some(_)))
+        })
+    }
+}
+
+/// A package tree's index, or `None` if there is none yet.
+fn read_tree(path: &Path) -> Result<Option<PackageTree>, BuildError> {
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(BuildError::ReadCache {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|source| BuildError::ParseCache {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// The kernel cache's index, or `None` if there is none yet.
 fn read_index(path: &Path) -> Result<Option<KernelIndexFile>, BuildError> {
     let text = match std::fs::read(path) {
@@ -258,10 +357,22 @@ fn read_index(path: &Path) -> Result<Option<KernelIndexFile>, BuildError> {
         })
 }
 
-/// Whether [`stream_files`] should read on.
+/// Whether [`stream_entries`] should read on.
 pub(crate) enum Flow {
     Continue,
     Stop,
+}
+
+/// One entry of a package's data archive that the build may keep.
+pub(crate) enum Entry<'a> {
+    File {
+        /// Permission bits.
+        mode: u32,
+        contents: &'a mut dyn Read,
+    },
+    Symlink {
+        target: String,
+    },
 }
 
 /// Calls `f` with the path (without the leading `./`) and contents of every regular file in
@@ -271,6 +382,20 @@ fn stream_files(
     package: &Package,
     deb: &Path,
     mut f: impl FnMut(&str, &mut dyn Read) -> Result<Flow, BuildError>,
+) -> Result<(), BuildError> {
+    stream_entries(tools, package, deb, |path, entry| match entry {
+        Entry::File { contents, .. } => f(path, contents),
+        Entry::Symlink { .. } => Ok(Flow::Continue),
+    })
+}
+
+/// Calls `f` with the path (without the leading `./`) of every regular file and symbolic link
+/// in the package's data archive, in archive order, until `f` says stop.
+fn stream_entries(
+    tools: &HostTools,
+    package: &Package,
+    deb: &Path,
+    mut f: impl FnMut(&str, Entry<'_>) -> Result<Flow, BuildError>,
 ) -> Result<(), BuildError> {
     let mut cmd = Command::new(&tools.dpkg_deb);
     cmd.arg("--fsys-tarfile")
@@ -342,7 +467,7 @@ fn stream_files(
 fn walk_archive(
     package: &Package,
     reader: impl Read,
-    f: &mut impl FnMut(&str, &mut dyn Read) -> Result<Flow, BuildError>,
+    f: &mut impl FnMut(&str, Entry<'_>) -> Result<Flow, BuildError>,
 ) -> Result<Flow, BuildError> {
     let mut archive = tar::Archive::new(reader);
     let entries = archive
@@ -350,7 +475,8 @@ fn walk_archive(
         .map_err(|source| read_error(package, source))?;
     for entry in entries {
         let mut entry = entry.map_err(|source| read_error(package, source))?;
-        if !entry.header().entry_type().is_file() {
+        let kind = entry.header().entry_type();
+        if !kind.is_file() && !kind.is_symlink() {
             continue;
         }
         let path = entry
@@ -359,7 +485,28 @@ fn walk_archive(
             .to_string_lossy()
             .into_owned();
         let path = path.trim_start_matches("./");
-        if let Flow::Stop = f(path, &mut entry)? {
+        let flow = if kind.is_symlink() {
+            let target = entry
+                .link_name()
+                .map_err(|source| read_error(package, source))?
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            f(path, Entry::Symlink { target })?
+        } else {
+            let mode = entry
+                .header()
+                .mode()
+                .map_err(|source| read_error(package, source))?
+                & 0o7777;
+            f(
+                path,
+                Entry::File {
+                    mode,
+                    contents: &mut entry,
+                },
+            )?
+        };
+        if let Flow::Stop = flow {
             return Ok(Flow::Stop);
         }
     }
@@ -399,8 +546,13 @@ fn staging_dir(parent: &Path) -> Result<tempfile::TempDir, BuildError> {
 }
 
 /// Renames a finished staging directory into place, moving an outdated one out of the way
-/// first. Losing a race to a concurrent build is fine: its result is the same.
-fn publish_dir(staging: tempfile::TempDir, dir: &Path) -> Result<(), BuildError> {
+/// first. Losing a race to a concurrent build is fine: its result is the same (`complete`
+/// tells whether the directory that won is a finished one).
+fn publish_dir(
+    staging: tempfile::TempDir,
+    dir: &Path,
+    complete: impl Fn(&Path) -> bool,
+) -> Result<(), BuildError> {
     if dir.exists() {
         let parent = dir.parent().unwrap_or(Path::new("."));
         if let Ok(old) = tempfile::Builder::new().prefix(".old-").tempdir_in(parent) {
@@ -412,8 +564,7 @@ fn publish_dir(staging: tempfile::TempDir, dir: &Path) -> Result<(), BuildError>
     let staged = staging.keep();
     match std::fs::rename(&staged, dir) {
         Ok(()) => Ok(()),
-        Err(_) if matches!(read_index(&dir.join("index.json")), Ok(Some(f)) if f.format == INDEX_FORMAT) =>
-        {
+        Err(_) if complete(dir) => {
             let _ = std::fs::remove_dir_all(&staged);
             Ok(())
         }

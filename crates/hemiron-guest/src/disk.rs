@@ -1,5 +1,6 @@
 //! The boot disk: an MBR-partitioned raw image whose single FAT16 partition (label
-//! `HEMIRONBOOT`) holds syslinux, the kernel and the initramfs, converted to qcow2.
+//! `HEMIRONBOOT`) holds syslinux, the kernel, the initramfs and the SSH server's archive,
+//! converted to qcow2. The guest keeps its own state there too (SSH host keys).
 //!
 //! Everything is done on image files with `mkfs.vfat -C`, mtools and syslinux's mtools-based
 //! installer, so the build needs neither root nor a loop device nor `mount`. The partition
@@ -103,14 +104,17 @@ fn lba_to_chs(lba: u64) -> [u8; 3] {
     ]
 }
 
-/// Builds the raw disk image `work/disk.img` holding `vmlinuz` and `initrd`.
+/// Builds the raw disk image `work/disk.img` whose boot partition holds `files` (the kernel,
+/// the initramfs, …) in its root directory.
 pub(crate) fn build_raw_disk(
     tools: &HostTools,
     work: &Path,
-    vmlinuz: &Path,
-    initrd: &Path,
+    files: &[&Path],
 ) -> Result<PathBuf, BuildError> {
-    let payload = file_len(vmlinuz)? + file_len(initrd)?;
+    let mut payload = 0;
+    for file in files {
+        payload += file_len(file)?;
+    }
     let part_size = partition_size(payload);
     let part = work.join("boot.fat");
     let cfg = work.join("syslinux.cfg");
@@ -135,8 +139,7 @@ pub(crate) fn build_raw_disk(
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
             .arg(&part)
-            .arg(vmlinuz)
-            .arg(initrd)
+            .args(files)
             .arg(&cfg)
             .arg("::/"),
     )

@@ -112,6 +112,26 @@ pub enum BuildError {
         source: serde_json::Error,
     },
 
+    #[error("serializing the list of a package's libraries and programs")]
+    SerializeCacheIndex {
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("reading the dynamic section of {path} from package {package}")]
+    ParseElf {
+        package: String,
+        path: String,
+        #[source]
+        source: crate::elf::ElfError,
+    },
+
+    #[error("shared library {library}, needed by {needed_by}, is in neither that package nor its dependencies")]
+    SharedLibraryNotFound { library: String, needed_by: String },
+
+    #[error("dynamic loader {loader}, needed by {needed_by}, is in neither that package nor its dependencies")]
+    LoaderNotFound { loader: String, needed_by: String },
+
     #[error("writing cache file {path}")]
     WriteCache {
         path: PathBuf,

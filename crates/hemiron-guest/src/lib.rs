@@ -1,30 +1,36 @@
 //! Builds the tiny guest disk image that Hemiron's VM tests boot: Debian's kernel plus a
 //! busybox userland in an initramfs, on a FAT partition booted by syslinux, as qcow2.
 //!
-//! Everything comes from Debian packages: the kernel behind `linux-image-amd64` and
-//! `busybox-static` (fetched with `apt-get download` into a cache), and the build host's
-//! `syslinux`, `syslinux-common`, `mtools`, `dosfstools` and `qemu-utils`. The build needs no
-//! root. At boot the guest loads its drivers, takes DHCP on every NIC, serves its hostname
-//! over HTTP on port 80, powers off on the ACPI power button, and prints
-//! `HEMIRON-GUEST-READY hostname=… ip=… uptime=…` on the serial console.
+//! Everything comes from Debian packages: the kernel behind `linux-image-amd64`,
+//! `busybox-static`, `dropbear-bin` and the libraries it links (fetched with `apt-get
+//! download` into a cache), and the build host's `syslinux`, `syslinux-common`, `mtools`,
+//! `dosfstools` and `qemu-utils`. The build needs no root. At boot the guest loads its
+//! drivers, applies a cloud-init NoCloud seed if one is attached (hostname, user, SSH keys,
+//! network), takes DHCP on every other NIC, serves its hostname over HTTP on port 80, powers
+//! off on the ACPI power button, prints `HEMIRON-GUEST-READY hostname=… ip=… uptime=…` on
+//! the serial console, and runs an SSH server on port 22, set up beside the boot (unpacked
+//! from `sshd.gz` on the boot partition, with host keys made per VM and kept there).
 //!
 //! Steps, each in its own module: `apt` resolves and downloads packages, `debs` extracts
 //! what is needed (cached per package version), `modules` resolves module dependencies and
-//! aliases,
-//! `rootfs` lays out the guest's files, `initramfs` serializes them, `disk` makes the
-//! bootable image, `manifest` describes the result.
+//! aliases, `sshd` gathers dropbear with the shared libraries `sharedlibs` finds for it (from
+//! the ELF facts `elf` reads), `rootfs` lays out the guest's files, `initramfs` serializes
+//! them, `disk` makes the bootable image, `manifest` describes the result.
 
 #![forbid(unsafe_code)]
 
 mod apt;
 mod debs;
 mod disk;
+mod elf;
 mod error;
 mod host;
 mod initramfs;
 mod manifest;
 mod modules;
 mod rootfs;
+mod sharedlibs;
+mod sshd;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -32,6 +38,7 @@ use std::time::Instant;
 use tracing::info;
 
 pub use disk::BOOT_LABEL;
+pub use elf::ElfError;
 pub use error::{BuildError, CommandError};
 pub use manifest::Manifest;
 pub use modules::ModinfoError;
@@ -41,8 +48,11 @@ pub use rootfs::{DEFAULT_HOSTNAME, TEST_HOOKS_MARKER};
 pub const DISK_FILE: &str = "hemiron-guest.qcow2";
 /// The kernel, also inside the disk image; for `-kernel` boots.
 pub const KERNEL_FILE: &str = "vmlinuz";
-/// The initramfs (the guest's whole root file system), also inside the disk image.
+/// The initramfs (the guest's root file system), also inside the disk image.
 pub const INITRD_FILE: &str = "initrd.gz";
+/// The SSH server and its libraries, in the initramfs format, also on the disk image's boot
+/// partition, where the guest unpacks it from after booting.
+pub const SSHD_FILE: &str = "sshd.gz";
 /// The [`Manifest`], written last.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -64,9 +74,12 @@ pub struct BuildOptions {
 pub struct BuiltImage {
     /// `out_dir/hemiron-guest.qcow2`: boots from any of Proxmox's disk controllers.
     pub disk: PathBuf,
-    /// `out_dir/vmlinuz` and `out_dir/initrd.gz`, for direct `-kernel`/`-initrd` boots.
+    /// `out_dir/vmlinuz` and `out_dir/initrd.gz`, for direct `-kernel`/`-initrd` boots (which
+    /// have no SSH server: the guest finds it on the disk's boot partition).
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// `out_dir/sshd.gz`, as on the boot partition.
+    pub sshd: PathBuf,
     /// `out_dir/manifest.json`, holding [`BuiltImage::manifest`].
     pub manifest_path: PathBuf,
     /// The real kernel package, e.g. `linux-image-6.1.0-56-amd64`.
@@ -77,6 +90,8 @@ pub struct BuiltImage {
     pub kernel_release: String,
     /// The `busybox-static` package version.
     pub busybox_version: String,
+    /// The `dropbear-bin` package version.
+    pub dropbear_version: String,
     /// Modules the image ships, dependencies first. Device drivers among them load only when
     /// their device is present.
     pub modules: Vec<String>,
@@ -111,7 +126,20 @@ pub fn build(opts: &BuildOptions) -> Result<BuiltImage, BuildError> {
     };
 
     let kernel_name = apt::resolve_kernel_package(&tools)?;
-    let records = apt::show(&tools, &[&kernel_name, apt::BUSYBOX_PACKAGE])?;
+    // One apt-cache run for everything known up front, including the libraries dropbear
+    // needed last time (see the sshd module).
+    let previous_ssh = sshd::cached_package_names(&opts.cache_dir);
+    let mut asked = vec![
+        kernel_name.as_str(),
+        apt::BUSYBOX_PACKAGE,
+        apt::DROPBEAR_PACKAGE,
+    ];
+    for name in &previous_ssh {
+        if !asked.contains(&name.as_str()) {
+            asked.push(name);
+        }
+    }
+    let records = apt::show(&tools, &asked)?;
     let kernel_package = records.package(&kernel_name)?;
     let busybox_package = records.package(apt::BUSYBOX_PACKAGE)?;
     info!(
@@ -120,6 +148,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuiltImage, BuildError> {
         busybox_version = %busybox_package.version,
         "building guest image"
     );
+    let ssh = sshd::files(&cache, records, &asked)?;
+    let dropbear_version = ssh
+        .packages
+        .first()
+        .map(|p| p.version.clone())
+        .unwrap_or_default();
 
     let kernel = cache.kernel(&kernel_package)?;
     let module_order = modules::load_order(modules::GUEST_MODULES, &kernel.index)?;
@@ -151,13 +185,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuiltImage, BuildError> {
         })?;
     let initrd = work.path().join(INITRD_FILE);
     write_initramfs(&tree, &initrd)?;
+    let sshd = work.path().join(SSHD_FILE);
+    write_initramfs(&ssh.tree(), &sshd)?;
     let vmlinuz = work.path().join(KERNEL_FILE);
     std::fs::copy(&kernel.vmlinuz, &vmlinuz).map_err(|source| BuildError::WriteOutput {
         path: vmlinuz.clone(),
         source,
     })?;
 
-    let raw = disk::build_raw_disk(&tools, work.path(), &vmlinuz, &initrd)?;
+    let raw = disk::build_raw_disk(&tools, work.path(), &[&vmlinuz, &initrd, &sshd])?;
     let qcow2 = work.path().join(DISK_FILE);
     disk::convert_to_qcow2(&tools, &raw, &qcow2)?;
 
@@ -166,11 +202,18 @@ pub fn build(opts: &BuildOptions) -> Result<BuiltImage, BuildError> {
         kernel_version: kernel_package.version.clone(),
         kernel_release: kernel.release.clone(),
         busybox_version: busybox_package.version.clone(),
+        dropbear_version: dropbear_version.clone(),
+        ssh_packages: ssh
+            .packages
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.version))
+            .collect(),
         test_hooks: opts.test_hooks,
         modules: module_order.clone(),
         disk_sha256: manifest::sha256_file(&qcow2)?,
         disk_bytes: file_len(&qcow2)?,
         initrd_bytes: file_len(&initrd)?,
+        sshd_bytes: file_len(&sshd)?,
         kernel_bytes: file_len(&vmlinuz)?,
         built_at: manifest::rfc3339_now(),
         build_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -180,7 +223,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuiltImage, BuildError> {
 
     // The manifest goes last: whoever sees it may assume the files it describes are there.
     let out = |name: &str| opts.out_dir.join(name);
-    for name in [KERNEL_FILE, INITRD_FILE, DISK_FILE, MANIFEST_FILE] {
+    for name in [
+        KERNEL_FILE,
+        INITRD_FILE,
+        SSHD_FILE,
+        DISK_FILE,
+        MANIFEST_FILE,
+    ] {
         publish(&work.path().join(name), &out(name))?;
     }
     info!(
@@ -195,11 +244,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuiltImage, BuildError> {
         disk: out(DISK_FILE),
         kernel: out(KERNEL_FILE),
         initrd: out(INITRD_FILE),
+        sshd: out(SSHD_FILE),
         manifest_path: out(MANIFEST_FILE),
         kernel_package: kernel_package.name,
         kernel_version: kernel_package.version,
         kernel_release: kernel.release,
         busybox_version: busybox_package.version,
+        dropbear_version,
         modules: module_order,
         manifest,
     })

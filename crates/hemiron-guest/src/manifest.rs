@@ -21,6 +21,11 @@ pub struct Manifest {
     pub kernel_release: String,
     /// The `busybox-static` package version.
     pub busybox_version: String,
+    /// The `dropbear-bin` package version (the SSH server).
+    pub dropbear_version: String,
+    /// `name version` of every package the SSH server's files come from: `dropbear-bin`,
+    /// then the libraries it links.
+    pub ssh_packages: Vec<String>,
     /// Whether the image answers `/cgi-bin/run` (tests only).
     pub test_hooks: bool,
     /// Kernel modules the image ships, dependencies first (device drivers load only when
@@ -30,6 +35,8 @@ pub struct Manifest {
     pub disk_sha256: String,
     pub disk_bytes: u64,
     pub initrd_bytes: u64,
+    /// Size of `sshd.gz`, the SSH server the guest unpacks from its boot partition.
+    pub sshd_bytes: u64,
     pub kernel_bytes: u64,
     /// When the build finished, RFC 3339 in UTC.
     pub built_at: String,

@@ -5,9 +5,10 @@
 //! The scripts are real files under `guest/base/` in this crate, laid out as in the guest's
 //! `/`, so they read (and lint) as shell; `guest/test-hooks/` is added only to test images.
 //! How the guest boots: `/init` is busybox init; `/etc/inittab` runs `/etc/init.d/rcS`,
-//! which sources `/etc/rc.d/*.sh` in name order (mounts, modules, hostname, network, acpid);
-//! init then starts httpd (respawned) and `/etc/init.d/ready`, which prints the
-//! `HEMIRON-GUEST-READY` line.
+//! which sources `/etc/rc.d/*.sh` in name order (mounts, modules, cloud-init seed, hostname,
+//! network, acpid); init then starts httpd, syslogd and the SSH server (`/etc/init.d/sshd`,
+//! all respawned) and `/etc/init.d/ready`, which prints the `HEMIRON-GUEST-READY` line. The
+//! SSH server itself is not in here: see the `sshd` module.
 
 use std::path::Path;
 use std::process::Command;
@@ -41,6 +42,11 @@ const BASE_FILES: &[(&str, u32, &str)] = &[
         include_str!("../guest/base/etc/init.d/ready"),
     ),
     (
+        "etc/init.d/sshd",
+        0o755,
+        include_str!("../guest/base/etc/init.d/sshd"),
+    ),
+    (
         "etc/init.d/console-shell",
         0o755,
         include_str!("../guest/base/etc/init.d/console-shell"),
@@ -54,6 +60,11 @@ const BASE_FILES: &[(&str, u32, &str)] = &[
         "etc/rc.d/20-modules.sh",
         0o644,
         include_str!("../guest/base/etc/rc.d/20-modules.sh"),
+    ),
+    (
+        "etc/rc.d/25-cidata.sh",
+        0o644,
+        include_str!("../guest/base/etc/rc.d/25-cidata.sh"),
     ),
     (
         "etc/rc.d/30-hostname.sh",
@@ -81,6 +92,21 @@ const BASE_FILES: &[(&str, u32, &str)] = &[
         include_str!("../guest/base/etc/hemiron/hotplug"),
     ),
     (
+        "etc/hemiron/cloudinit/parse",
+        0o755,
+        include_str!("../guest/base/etc/hemiron/cloudinit/parse"),
+    ),
+    (
+        "etc/hemiron/cloudinit/yaml.awk",
+        0o644,
+        include_str!("../guest/base/etc/hemiron/cloudinit/yaml.awk"),
+    ),
+    (
+        "etc/hemiron/cloudinit/network.awk",
+        0o644,
+        include_str!("../guest/base/etc/hemiron/cloudinit/network.awk"),
+    ),
+    (
         "etc/udhcpc/default.script",
         0o755,
         include_str!("../guest/base/etc/udhcpc/default.script"),
@@ -102,6 +128,16 @@ const BASE_FILES: &[(&str, u32, &str)] = &[
     ),
     ("etc/group", 0o644, include_str!("../guest/base/etc/group")),
     (
+        "etc/shells",
+        0o644,
+        include_str!("../guest/base/etc/shells"),
+    ),
+    (
+        "etc/nsswitch.conf",
+        0o644,
+        include_str!("../guest/base/etc/nsswitch.conf"),
+    ),
+    (
         "etc/shadow",
         0o600,
         include_str!("../guest/base/etc/shadow"),
@@ -118,9 +154,47 @@ const TEST_HOOK_FILES: &[(&str, u32, &str)] = &[(
 /// Applets the scripts call. Checked at build time, so a busybox without one fails the build
 /// rather than the boot.
 const REQUIRED_APPLETS: &[&str] = &[
-    "init", "sh", "mount", "mkdir", "modprobe", "uevent", "hostname", "ip", "udhcpc", "httpd",
-    "acpid", "wget", "timeout", "usleep", "poweroff", "sync", "cttyhack", "stty", "sleep", "sed",
-    "printf", "cut", "head", "tr", "grep", "cat", "mv", "uname",
+    "init",
+    "sh",
+    "mount",
+    "mkdir",
+    "modprobe",
+    "uevent",
+    "hostname",
+    "ip",
+    "udhcpc",
+    "httpd",
+    "acpid",
+    "wget",
+    "timeout",
+    "usleep",
+    "poweroff",
+    "sync",
+    "cttyhack",
+    "stty",
+    "sleep",
+    "sed",
+    "printf",
+    "cut",
+    "head",
+    "tr",
+    "grep",
+    "cat",
+    "mv",
+    "uname",
+    "awk",
+    "findfs",
+    "umount",
+    "rm",
+    "cp",
+    "chmod",
+    "chown",
+    "sha256sum",
+    "cpio",
+    "zcat",
+    "mkpasswd",
+    "renice",
+    "syslogd",
 ];
 
 /// What goes into the root file system besides the fixed scripts.
@@ -156,9 +230,12 @@ pub(crate) fn busybox_applets(busybox: &Path) -> Result<Vec<String>, BuildError>
 /// Assembles the guest's root file system.
 pub(crate) fn build_tree(inputs: RootfsInputs<'_>) -> Result<Tree, BuildError> {
     let mut tree = Tree::default();
-    for dir in ["dev", "proc", "sys", "run", "root", "var/log", "www", "mnt"] {
+    for dir in [
+        "dev", "proc", "sys", "run", "var/log", "www", "mnt", "home", "boot",
+    ] {
         tree.dir(dir, 0o755);
     }
+    tree.dir("root", 0o700);
     tree.dir("tmp", 0o1777);
     tree.symlink("var/run", "/run");
     // The kernel opens /dev/console for init before anything mounts devtmpfs over /dev.
@@ -287,6 +364,21 @@ mod tests {
         assert!(t.contains("etc/modprobe.d/hemiron.conf"));
         assert!(
             matches!(t.get("etc/hemiron/modules"), Some(Node::File { data, .. }) if data == b"virtio\n")
+        );
+    }
+
+    #[test]
+    fn accounts_homes_and_no_host_keys() {
+        let t = tree(false);
+        assert!(matches!(t.get("home"), Some(Node::Dir { mode: 0o755 })));
+        assert!(matches!(t.get("root"), Some(Node::Dir { mode: 0o700 })));
+        assert!(
+            !t.contains("etc/dropbear"),
+            "host keys are made per VM at boot"
+        );
+        assert!(
+            !t.contains("usr/sbin/dropbear"),
+            "the SSH server comes from sshd.gz"
         );
     }
 

@@ -1,45 +1,17 @@
 //! Builds the image without booting it and checks its parts: the manifest, the disk layout,
-//! the initramfs contents, and the shipped URL decoder run by the shipped busybox.
+//! the initramfs contents, the SSH server with its libraries (run on the build host through
+//! the shipped loader), and the shipped URL decoder run by the shipped busybox.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use hemiron_guest::{Manifest, BOOT_LABEL, MANIFEST_FILE};
 use sha2::{Digest, Sha256};
-
-/// Entries of a gzip-compressed newc cpio archive: path -> (mode, data).
-fn read_initramfs(path: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
-    let mut cpio = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_end(&mut cpio)
-        .unwrap();
-    let mut entries = BTreeMap::new();
-    let mut pos = 0;
-    loop {
-        let h = &cpio[pos..pos + 110];
-        assert_eq!(&h[..6], b"070701");
-        let field = |i: usize| {
-            u32::from_str_radix(std::str::from_utf8(&h[6 + i * 8..14 + i * 8]).unwrap(), 16)
-                .unwrap()
-        };
-        let (mode, size, name_size) = (field(1), field(6) as usize, field(11) as usize);
-        let name = String::from_utf8(cpio[pos + 110..pos + 110 + name_size - 1].to_vec()).unwrap();
-        let data_start = (pos + 110 + name_size + 3) & !3;
-        pos = (data_start + size + 3) & !3;
-        if name == "TRAILER!!!" {
-            return entries;
-        }
-        entries.insert(name, (mode, cpio[data_start..data_start + size].to_vec()));
-    }
-}
 
 fn index_of(modules: &[String], name: &str) -> usize {
     modules
@@ -58,11 +30,12 @@ fn build_outputs_are_complete_and_consistent() {
     let started = Instant::now();
     let image = common::build_into(&dir, true);
     eprintln!(
-        "build: {:.2} s, rebuild: {:.2} s; qcow2 {} B, initrd {} B, vmlinuz {} B, {} modules",
+        "build: {:.2} s, rebuild: {:.2} s; qcow2 {} B, initrd {} B, sshd {} B, vmlinuz {} B, {} modules",
         first.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         image.manifest.disk_bytes,
         image.manifest.initrd_bytes,
+        image.manifest.sshd_bytes,
         image.manifest.kernel_bytes,
         image.manifest.modules.len()
     );
@@ -166,6 +139,7 @@ fn build_outputs_are_complete_and_consistent() {
     for file in [
         "vmlinuz",
         "initrd.gz",
+        "sshd.gz",
         "syslinux.cfg",
         "ldlinux.sys",
         "ldlinux.c32",
@@ -177,7 +151,7 @@ fn build_outputs_are_complete_and_consistent() {
     }
 
     // Initramfs: busybox as /init, scripts, modules and their load list, the test hook.
-    let initrd = read_initramfs(&image.dir.join(hemiron_guest::INITRD_FILE));
+    let initrd = common::read_initramfs(&image.dir.join(hemiron_guest::INITRD_FILE));
     assert_eq!(initrd["init"].1, b"/bin/busybox");
     assert_eq!(initrd["init"].0 & 0o170000, 0o120000, "/init is a symlink");
     assert_eq!(
@@ -251,7 +225,7 @@ fn shipped_url_decoder_decodes_with_shipped_busybox() {
     // The initramfs is byte-for-byte reproducible, so reading the shared test image is safe
     // even while another test rebuilds it.
     let image = common::image(true);
-    let initrd = read_initramfs(&image.dir.join(hemiron_guest::INITRD_FILE));
+    let initrd = common::read_initramfs(&image.dir.join(hemiron_guest::INITRD_FILE));
     let work = tempfile::tempdir().unwrap();
     let busybox = work.path().join("busybox");
     std::fs::write(&busybox, &initrd["bin/busybox"].1).unwrap();
@@ -295,4 +269,148 @@ fn shipped_url_decoder_decodes_with_shipped_busybox() {
         run(&common::url_encode("printf '%s|' \"a b\" 'x+y'")),
         "a b|x+y|"
     );
+}
+
+#[test]
+fn ssh_server_ships_with_its_libraries_and_no_host_keys() {
+    let image = common::image(true);
+    let m = &image.manifest;
+    assert!(
+        m.ssh_packages
+            .first()
+            .is_some_and(|p| *p == format!("dropbear-bin {}", m.dropbear_version)),
+        "{:?}",
+        m.ssh_packages
+    );
+    for package in [
+        "libc6 ",
+        "libtomcrypt1 ",
+        "libtommath1 ",
+        "zlib1g ",
+        "libcrypt1 ",
+    ] {
+        assert!(
+            m.ssh_packages.iter().any(|p| p.starts_with(package)),
+            "{package}missing from {:?}",
+            m.ssh_packages
+        );
+    }
+    let initrd = common::read_initramfs(&image.dir.join(hemiron_guest::INITRD_FILE));
+    // The server is not in the initramfs (it would slow every boot down) but in sshd.gz,
+    // which the guest unpacks from its boot partition.
+    assert!(!initrd.contains_key("usr/sbin/dropbear"));
+    let sshd = common::read_initramfs(&image.dir.join(hemiron_guest::SSHD_FILE));
+    assert_eq!(
+        std::fs::metadata(image.dir.join(hemiron_guest::SSHD_FILE))
+            .unwrap()
+            .len(),
+        m.sshd_bytes
+    );
+    let executable_elf = |path: &str| {
+        let (mode, data) = sshd.get(path).unwrap_or_else(|| panic!("{path} missing"));
+        assert_eq!(mode & 0o170000, 0o100000, "{path} is a regular file");
+        assert!(mode & 0o111 != 0, "{path} is executable");
+        assert!(data.starts_with(b"\x7fELF"), "{path} is ELF");
+    };
+    executable_elf("usr/sbin/dropbear");
+    executable_elf("usr/bin/dropbearkey");
+    executable_elf("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
+    executable_elf("lib/x86_64-linux-gnu/libc.so.6");
+    let (mode, target) = &sshd["lib64/ld-linux-x86-64.so.2"];
+    assert_eq!(
+        mode & 0o170000,
+        0o120000,
+        "the loader is linked from /lib64"
+    );
+    assert_eq!(target, b"/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
+    for soname in [
+        "libtomcrypt.so.1",
+        "libtommath.so.1",
+        "libz.so.1",
+        "libcrypt.so.1",
+        "libgmp.so.10",
+    ] {
+        assert!(
+            ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"]
+                .iter()
+                .any(|dir| sshd.contains_key(&format!("{dir}/{soname}"))),
+            "{soname} missing"
+        );
+    }
+    for (path, mode) in [
+        ("etc/init.d/sshd", 0o755),
+        ("etc/rc.d/25-cidata.sh", 0o644),
+        ("etc/hemiron/cloudinit/parse", 0o755),
+        ("etc/hemiron/cloudinit/yaml.awk", 0o644),
+        ("etc/hemiron/cloudinit/network.awk", 0o644),
+        ("etc/shells", 0o644),
+        ("etc/nsswitch.conf", 0o644),
+    ] {
+        assert_eq!(initrd[path].0 & 0o7777, mode, "{path}");
+    }
+    let inittab = String::from_utf8(initrd["etc/inittab"].1.clone()).unwrap();
+    assert!(
+        inittab.contains("::respawn:/etc/init.d/sshd\n"),
+        "{inittab}"
+    );
+    // Host keys are made per VM at its first boot, never shipped.
+    let keys: Vec<&String> = initrd
+        .keys()
+        .chain(sshd.keys())
+        .filter(|p| p.starts_with("etc/dropbear") || p.contains("host_key"))
+        .collect();
+    assert!(keys.is_empty(), "the image carries host keys: {keys:?}");
+
+    // The closure is complete: through the shipped loader, told to look in the shipped
+    // library directories first, every library resolves inside the image, and dropbearkey
+    // runs and makes a key.
+    let root = tempfile::tempdir().unwrap();
+    common::unpack(&sshd, root.path(), |p| {
+        p.starts_with("lib/x86_64-linux-gnu/")
+            || p.starts_with("usr/lib/x86_64-linux-gnu/")
+            || p.starts_with("usr/sbin/dropbear")
+            || p.starts_with("usr/bin/dropbearkey")
+    });
+    let r = root.path();
+    let loader = r.join("lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
+    let library_path = format!(
+        "{}:{}",
+        r.join("lib/x86_64-linux-gnu").display(),
+        r.join("usr/lib/x86_64-linux-gnu").display()
+    );
+    for program in ["usr/sbin/dropbear", "usr/bin/dropbearkey"] {
+        let out = Command::new(&loader)
+            .args(["--inhibit-cache", "--library-path", &library_path, "--list"])
+            .arg(r.join(program))
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{program}: {listing}");
+        let resolved: Vec<&str> = listing
+            .lines()
+            .filter_map(|l| l.split_once(" => ").map(|(_, p)| p))
+            .collect();
+        assert!(resolved.len() >= 4, "{program}: {listing}");
+        for path in resolved {
+            assert!(
+                path.starts_with(&r.display().to_string()),
+                "{program} resolves a library outside the image: {listing}"
+            );
+        }
+    }
+    let key = r.join("host_key");
+    let out = Command::new(&loader)
+        .args(["--inhibit-cache", "--library-path", &library_path])
+        .arg(r.join("usr/bin/dropbearkey"))
+        .args(["-t", "ed25519", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dropbearkey: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ssh-ed25519 "));
+    assert!(std::fs::metadata(&key).unwrap().len() > 0);
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{url_encode, Controller, Vm};
+use common::{ssh, url_encode, Controller, Vm, VmOptions};
 use hemiron_guest::DEFAULT_HOSTNAME;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -182,13 +182,42 @@ fn vm_test_hook_decodes_commands_and_file_systems_mount() {
 fn vm_default_image_has_no_test_hooks() {
     let image = common::image(false);
     assert!(!image.manifest.test_hooks);
-    let mut vm = Vm::start(&image, Controller::VirtioBlk);
+    // Without a cloud-init seed, SSH host keys belong to the SMBIOS UUID (Proxmox's smbios1).
+    let uuid = "6c1f1b8e-2a57-4f0e-9d3c-0b9e5d2a7f41";
+    let mut vm = Vm::start_opts(
+        &image,
+        Controller::VirtioBlk,
+        &VmOptions {
+            extra: vec!["-uuid".into(), uuid.into()],
+            ssh: true,
+            ..VmOptions::default()
+        },
+    );
     vm.wait_http("/", BOOT_TIMEOUT, page_names_host);
     let (status, _) =
         common::http_get(vm.port, &format!("/cgi-bin/run?{}", url_encode("echo hi"))).unwrap();
     assert_ne!(status, 200, "the default image must not run commands");
     let (status, _) = common::http_get(vm.port, "/cgi-bin/").unwrap();
     assert_ne!(status, 200);
+
+    // The SSH server runs, but with no seed there is no account to log in to.
+    let port = vm.ssh_port.unwrap();
+    let keys = common::wait_for("SSH host keys", Duration::from_secs(60), || {
+        Some(ssh::host_keys(port, &["ed25519", "ecdsa"])).filter(|k| k.len() == 2)
+    });
+    let generated =
+        vm.wait_serial_line(Duration::from_secs(5), |l| l.contains("ssh: host keys for"));
+    assert!(
+        generated.contains(&format!("for smbios:{uuid} generated")),
+        "{generated}"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (key, _) = ssh::keypair(work.path(), "key");
+    for user in ["root", "hemiron"] {
+        let out = ssh::run_with_key(port, &key, user, "true");
+        assert!(ssh::refused(&out), "{user}: {out:?}");
+    }
+    assert_eq!(keys.len(), 2);
 }
 
 #[test]

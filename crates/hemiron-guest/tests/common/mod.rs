@@ -3,6 +3,10 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod seed;
+pub mod ssh;
+
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -147,10 +151,45 @@ impl Controller {
     }
 }
 
+/// How a test VM is set up beyond its boot disk and first NIC (virtio-net, MAC
+/// [`NIC0_MAC`], QEMU user networking).
+#[derive(Debug, Default, Clone)]
+pub struct VmOptions {
+    /// Extra QEMU arguments (more devices).
+    pub extra: Vec<String>,
+    /// Also forward a free host port to the guest's SSH port 22 ([`Vm::ssh_port`]).
+    pub ssh: bool,
+    /// The guest address the forwards go to, when the guest does not take 10.0.2.15 by DHCP.
+    pub guest_ip: Option<String>,
+    /// Boot from this disk (see [`overlay`]) rather than a fresh overlay: it keeps what the
+    /// guest wrote, for another boot of the same VM (or, copied, of a clone).
+    pub disk: Option<PathBuf>,
+}
+
+/// Creates `path`, a qcow2 overlay on the image: a VM disk of its own.
+pub fn overlay(image: &Image, path: &Path) {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&image.disk)
+        .arg(path)
+        .output()
+        .expect("qemu-img (package qemu-utils) runs");
+    assert!(
+        out.status.success(),
+        "qemu-img create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The MAC address of every test VM's first NIC.
+pub const NIC0_MAC: &str = "bc:24:11:00:00:01";
+
 /// A running QEMU, killed when dropped.
 pub struct Vm {
     child: Child,
     pub port: u16,
+    /// The host port forwarded to the guest's port 22, if asked for.
+    pub ssh_port: Option<u16>,
     pub started: Instant,
     dir: tempfile::TempDir,
 }
@@ -164,6 +203,18 @@ impl Vm {
 
     /// [`Vm::start`] with extra QEMU arguments (more devices).
     pub fn start_with(image: &Image, controller: Controller, extra: &[String]) -> Vm {
+        Vm::start_opts(
+            image,
+            controller,
+            &VmOptions {
+                extra: extra.to_vec(),
+                ..VmOptions::default()
+            },
+        )
+    }
+
+    /// [`Vm::start`] as `options` say.
+    pub fn start_opts(image: &Image, controller: Controller, options: &VmOptions) -> Vm {
         let qemu = "qemu-system-x86_64";
         assert!(
             Command::new(qemu).arg("--version").output().is_ok(),
@@ -173,20 +224,22 @@ impl Vm {
             .prefix("hemiron-guest-vm-")
             .tempdir()
             .expect("temp dir");
-        let overlay = dir.path().join("overlay.qcow2");
-        let out = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&image.disk)
-            .arg(&overlay)
-            .output()
-            .expect("qemu-img (package qemu-utils) runs");
-        assert!(
-            out.status.success(),
-            "qemu-img create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let overlay = match &options.disk {
+            Some(disk) => disk.clone(),
+            None => {
+                let fresh = dir.path().join("overlay.qcow2");
+                overlay(image, &fresh);
+                fresh
+            }
+        };
 
         let port = free_port();
+        let ssh_port = options.ssh.then(free_port);
+        let guest = options.guest_ip.as_deref().unwrap_or("");
+        let mut netdev = format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-{guest}:80");
+        if let Some(ssh) = ssh_port {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{ssh}-{guest}:22"));
+        }
         let mut cmd = Command::new(qemu);
         cmd.args([
             "-name",
@@ -208,13 +261,13 @@ impl Vm {
             dir.path().join("qmp.sock").display()
         ))
         .arg("-netdev")
-        .arg(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:80"))
-        .args([
-            "-device",
-            "virtio-net-pci,netdev=net0,mac=BC:24:11:00:00:01,id=net0dev",
-        ])
+        .arg(netdev)
+        .arg("-device")
+        .arg(format!(
+            "virtio-net-pci,netdev=net0,mac={NIC0_MAC},id=net0dev"
+        ))
         .args(controller.args(&overlay))
-        .args(extra)
+        .args(&options.extra)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.path().join("qemu.out")).expect("qemu.out"))
         .stderr(std::fs::File::create(dir.path().join("qemu.err")).expect("qemu.err"));
@@ -223,6 +276,7 @@ impl Vm {
         Vm {
             child,
             port,
+            ssh_port,
             started,
             dir,
         }
@@ -342,6 +396,71 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         }
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
         std::thread::sleep(POLL);
+    }
+}
+
+/// Polls `f` until it returns `Some`, or returns `None` after `timeout`.
+pub fn try_wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Entries of a gzip-compressed newc cpio archive: path -> (mode, data).
+pub fn read_initramfs(path: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let mut cpio = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut cpio)
+        .unwrap();
+    let mut entries = BTreeMap::new();
+    let mut pos = 0;
+    loop {
+        let h = &cpio[pos..pos + 110];
+        assert_eq!(&h[..6], b"070701");
+        let field = |i: usize| {
+            u32::from_str_radix(std::str::from_utf8(&h[6 + i * 8..14 + i * 8]).unwrap(), 16)
+                .unwrap()
+        };
+        let (mode, size, name_size) = (field(1), field(6) as usize, field(11) as usize);
+        let name = String::from_utf8(cpio[pos + 110..pos + 110 + name_size - 1].to_vec()).unwrap();
+        let data_start = (pos + 110 + name_size + 3) & !3;
+        pos = (data_start + size + 3) & !3;
+        if name == "TRAILER!!!" {
+            return entries;
+        }
+        entries.insert(name, (mode, cpio[data_start..data_start + size].to_vec()));
+    }
+}
+
+/// Writes the initramfs entries whose path `keep` accepts under `dir`: regular files with
+/// their modes, symbolic links as links (absolute targets left as they are).
+pub fn unpack(entries: &BTreeMap<String, (u32, Vec<u8>)>, dir: &Path, keep: impl Fn(&str) -> bool) {
+    use std::os::unix::fs::PermissionsExt;
+    for (path, (mode, data)) in entries {
+        if !keep(path) {
+            continue;
+        }
+        let target = dir.join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        match mode & 0o170000 {
+            0o100000 => {
+                std::fs::write(&target, data).unwrap();
+                std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode & 0o7777))
+                    .unwrap();
+            }
+            0o120000 => {
+                std::os::unix::fs::symlink(String::from_utf8(data.clone()).unwrap(), &target)
+                    .unwrap();
+            }
+            _ => {}
+        }
     }
 }
 

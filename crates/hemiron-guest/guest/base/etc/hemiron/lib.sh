@@ -5,6 +5,14 @@ hemiron_log() {
 	echo "hemiron: $*" >/dev/console
 }
 
+# Prints $2 - $1, two /proc/uptime readings, in seconds with two decimals (shell
+# arithmetic has no fractions, and a subprocess for it costs more than this).
+hemiron_seconds_between() {
+	# "1" before the two decimals keeps a leading zero from reading as octal.
+	hemiron_d=$((${2%.*} * 100 + 1${2#*.} - ${1%.*} * 100 - 1${1#*.}))
+	printf '%d.%02d' $((hemiron_d / 100)) $((hemiron_d % 100))
+}
+
 # Hostname sources, highest priority first: files holding one name. A boot step that runs
 # before 30-hostname.sh (such as a cloud-init NoCloud reader) provides a hostname by writing
 # /run/hemiron/hostname; /etc/hostname holds the image's default.
@@ -33,7 +41,7 @@ hemiron_pick_hostname() {
 }
 
 # Sets the hostname and rewrites everything derived from it (/etc/hosts, the web pages).
-# Later steps may call this again, e.g. once a cloud-init source is read.
+# /etc/hosts also names the FQDN that a cloud-init seed gave in /run/hemiron/fqdn.
 hemiron_set_hostname() {
 	if ! hemiron_valid_hostname "$1"; then
 		hemiron_log "refusing invalid hostname '$1'"
@@ -41,7 +49,15 @@ hemiron_set_hostname() {
 	fi
 	hostname "$1"
 	echo "$1" >/etc/hostname
-	printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n' "$1" >/etc/hosts
+	hemiron_names=$1
+	if [ -r /run/hemiron/fqdn ]; then
+		hemiron_fqdn=$(head -n 1 /run/hemiron/fqdn)
+		case "$hemiron_fqdn" in
+		"$1" | "" | -* | *[!A-Za-z0-9.-]*) ;;
+		*) hemiron_names="$hemiron_fqdn $1" ;;
+		esac
+	fi
+	printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n' "$hemiron_names" >/etc/hosts
 	hemiron_write_www "$1"
 }
 
@@ -71,6 +87,62 @@ hemiron_dhcp() {
 	udhcpc -b -i "$1" -s /etc/udhcpc/default.script -p "/run/udhcpc.$1.pid" \
 		-x "hostname:$(hostname)" -t 5 -T 1 -A 3 \
 		</dev/null >"/run/hemiron/udhcpc.$1.log" 2>&1 &
+}
+
+# Configures interface $1: as the cloud-init seed's network-config says for its MAC address
+# (see 25-cidata.sh: one setting per line of /run/hemiron/cloudinit/net/MAC), else by DHCP.
+# Interfaces are matched by MAC because NICs need not appear in the order the config lists.
+hemiron_net_up() {
+	hemiron_mac=$(cat "/sys/class/net/$1/address" 2>/dev/null)
+	hemiron_conf=/run/hemiron/cloudinit/net/$hemiron_mac
+	if [ -z "$hemiron_mac" ] || [ ! -f "$hemiron_conf" ]; then
+		hemiron_dhcp "$1"
+		return
+	fi
+	ip link set "$1" up
+	# One default route per interface, the first interface preferred, as with DHCP.
+	hemiron_metric=$((100 + $(cat "/sys/class/net/$1/ifindex")))
+	while read -r hemiron_kind hemiron_addr hemiron_gw; do
+		case "$hemiron_kind" in
+		static | static6)
+			hemiron_family=-4
+			[ "$hemiron_kind" = static6 ] && hemiron_family=-6
+			ip "$hemiron_family" addr add "$hemiron_addr" dev "$1" ||
+				hemiron_log "$1: cannot add address $hemiron_addr"
+			if [ -n "$hemiron_gw" ]; then
+				ip "$hemiron_family" route replace default via "$hemiron_gw" dev "$1" \
+					metric "$hemiron_metric" || hemiron_log "$1: cannot route via $hemiron_gw"
+			fi
+			hemiron_log "$1 ($hemiron_mac): $hemiron_addr${hemiron_gw:+ via $hemiron_gw} (cloud-init)"
+			;;
+		dhcp4) hemiron_dhcp "$1" ;;
+		slaac) ;; # the kernel configures SLAAC addresses by itself once the link is up
+		dhcp6) hemiron_log "$1: DHCPv6 is not supported, ignored" ;;
+		esac
+	done <"$hemiron_conf"
+}
+
+# The identity of this VM that SSH host keys belong to: the SMBIOS system UUID (Proxmox's
+# smbios1 uuid: every VM has its own, and a clone gets a new one), else the cloud-init
+# instance-id (a clone gets a new one too, as its MAC addresses change; but so does every
+# change of the cloud-init settings, which would change the host keys each time), else
+# "none".
+hemiron_instance_identity() {
+	hemiron_uuid=
+	[ -r /sys/class/dmi/id/product_uuid ] && read -r hemiron_uuid </sys/class/dmi/id/product_uuid
+	case "$hemiron_uuid" in
+	"" | 00000000-0000-0000-0000-000000000000 | *[!0-9A-Fa-f-]*) ;;
+	*)
+		echo "smbios:$hemiron_uuid"
+		return
+		;;
+	esac
+	if [ -s /run/hemiron/cloudinit/instance-id ]; then
+		read -r hemiron_iid </run/hemiron/cloudinit/instance-id
+		echo "cidata:$hemiron_iid"
+		return
+	fi
+	echo none
 }
 
 # Prints the first global IPv4 address, or nothing.

@@ -1,6 +1,6 @@
-# Loopback, then DHCP on every Ethernet interface (see hemiron_dhcp). NICs hot-added later
-# get the same from /etc/hemiron/hotplug.
+# Loopback, then every Ethernet interface: as the cloud-init seed says for its MAC address,
+# else DHCP (see hemiron_net_up). NICs hot-added later get the same from /etc/hemiron/hotplug.
 ip link set lo up
 for hemiron_dev in /sys/class/net/eth*; do
-	[ -e "$hemiron_dev" ] && hemiron_dhcp "${hemiron_dev##*/}"
+	[ -e "$hemiron_dev" ] && hemiron_net_up "${hemiron_dev##*/}"
 done
