@@ -56,20 +56,23 @@ fn ssh(addr: &str, key: &Path, user: &str, cmd: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The host key fingerprints a guest's SSH server offers.
+/// The host keys a guest's SSH server offers (one scan connection per key type; retried
+/// until both of the guest's key types answered, as a busy server may drop one).
 fn host_keys(addr: &str) -> String {
     let (host, port) = addr.split_once(':').unwrap();
-    let out = Command::new("ssh-keyscan")
-        .args(["-T", "5", "-p", port, host])
-        .output()
-        .unwrap();
-    let mut keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
-        .collect();
-    keys.sort();
-    keys.join("\n")
+    wait_for("host keys", Duration::from_secs(30), || {
+        let out = Command::new("ssh-keyscan")
+            .args(["-T", "5", "-t", "ed25519,ecdsa", "-p", port, host])
+            .output()
+            .ok()?;
+        let mut keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+            .collect();
+        keys.sort();
+        (keys.len() == 2).then(|| keys.join("\n"))
+    })
 }
 
 fn wait_hostname(web: &str, name: &str) {
