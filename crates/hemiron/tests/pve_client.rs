@@ -39,9 +39,7 @@ fn client_against_a_real_node() {
 }
 
 async fn exercise(agent: &Agent, fp: String) {
-    let agent = agent;
-
-    let c = client(&agent, token(&agent), Some(fp.clone()));
+    let c = client(agent, token(agent), Some(fp.clone()));
     let v = c.version().await.unwrap();
     assert!(v.version.starts_with("9.1.") && v.hemiron.is_some());
     assert_eq!(c.nodes().await.unwrap()[0].node, "n1");
@@ -106,7 +104,7 @@ async fn exercise(agent: &Agent, fp: String) {
 
     // Password login with a ticket; writes carry the CSRF token.
     let pw = client(
-        &agent,
+        agent,
         Credentials::Password {
             username: "ops@pve".into(),
             password: "ops-password".into(),
@@ -119,7 +117,7 @@ async fn exercise(agent: &Agent, fp: String) {
         .unwrap();
     pw.wait_task(&upid, Duration::from_secs(30)).await.unwrap();
     let bad = client(
-        &agent,
+        agent,
         Credentials::Password {
             username: "ops@pve".into(),
             password: "wrong".into(),
@@ -130,10 +128,10 @@ async fn exercise(agent: &Agent, fp: String) {
 
     // A different certificate is refused.
     let wrong_fp = fp.replace(&fp[0..2], if &fp[0..2] == "00" { "11" } else { "00" });
-    let pinned_wrong = client(&agent, token(&agent), Some(wrong_fp));
+    let pinned_wrong = client(agent, token(agent), Some(wrong_fp));
     let err = pinned_wrong.version().await.unwrap_err();
     assert!(matches!(err, PveError::Transport { .. }), "{err:?}");
     // And without a pin, the self-signed certificate is not trusted.
-    let unpinned = client(&agent, token(&agent), None);
+    let unpinned = client(agent, token(agent), None);
     assert!(unpinned.version().await.is_err());
 }
