@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run the node agent, or manage a node's data directory.
     Node(NodeCommand),
+    /// Run the control plane (multi-tenant API over clusters of nodes).
+    Server(ServerArgs),
     /// Build guest images.
     Image {
         #[command(subcommand)]
@@ -61,6 +63,24 @@ struct NodeServeArgs {
     /// Directory of a storage pool shared between nodes (exposed as storage `shared`).
     #[arg(long)]
     shared_storage: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Directory holding the server's state (the SQLite database unless --database is given).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Database URL: `postgres://USER:PASSWORD@HOST:PORT/DB` or `sqlite://PATH`
+    /// (default: DATA_DIR/hemiron.db).
+    #[arg(long, env = "HEMIRON_DATABASE", hide_env_values = true)]
+    database: Option<String>,
+    /// Password of the first `admin` user, made when the database has no user (otherwise a
+    /// password is generated and printed once).
+    #[arg(long, env = "HEMIRON_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +214,17 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Node(NodeCommand {
             command: Some(sub), ..
         }) => run_node_subcommand(sub),
+        Command::Server(args) => {
+            let opts = hemiron_server::server::ServerOptions {
+                data_dir: args.data_dir,
+                listen: args.listen,
+                database: args.database,
+                admin_password: args.admin_password,
+                settings: hemiron_server::service::Settings::default(),
+            };
+            runtime()?.block_on(hemiron_server::server::run(opts, shutdown_signal()))?;
+            Ok(())
+        }
         Command::Node(NodeCommand {
             command: None,
             serve,
@@ -278,6 +309,19 @@ fn run_node_subcommand(sub: NodeSubcommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 

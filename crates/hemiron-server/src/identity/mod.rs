@@ -1,0 +1,6 @@
+//! Identity: users, login sessions, API tokens, TOTP MFA.
+
+pub mod auth;
+pub mod crypto;
+pub mod tokens;
+pub mod users;

@@ -1,0 +1,153 @@
+//! Running the control plane: open the store, make the first admin, serve the API.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::api::{self, metrics::Metrics, AppState};
+use crate::authz::Role;
+use crate::identity::users::{self, NewUser};
+use crate::service::{Caller, Services, Settings};
+use crate::store::{Db, StoreError};
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Holds the SQLite database (unless `database` is given) and `server.addr`.
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `postgres://…` or `sqlite://PATH`; default: `DATA_DIR/hemiron.db`.
+    pub database: Option<String>,
+    /// The first admin's password, if the store has no user yet (else one is generated and
+    /// printed once).
+    pub admin_password: Option<String>,
+    pub settings: Settings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store")]
+    Store(#[from] StoreError),
+    #[error("cannot create the first admin")]
+    Bootstrap(#[source] crate::error::ServiceError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}")]
+    WriteAddr {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Name of the first admin.
+pub const ADMIN: &str = "admin";
+
+/// Opens the store, makes the first admin if there is no user, and serves until `shutdown`
+/// completes.
+pub async fn run(
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&opts.data_dir).map_err(|source| ServerError::DataDir {
+        path: opts.data_dir.clone(),
+        source,
+    })?;
+    let url = opts
+        .database
+        .clone()
+        .unwrap_or_else(|| Db::sqlite_url(&opts.data_dir.join("hemiron.db")));
+    let db = Db::open(&url).await?;
+    let svc = Services {
+        db: db.clone(),
+        settings: opts.settings.clone(),
+    };
+    bootstrap_admin(&svc, opts.admin_password.clone()).await?;
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: opts.listen,
+        source,
+    })?;
+    let url = format!("http://{addr}");
+    let addr_file = opts.data_dir.join("server.addr");
+    crate::store::write_atomically(&addr_file, format!("{url}\n").as_bytes()).map_err(
+        |source| ServerError::WriteAddr {
+            path: addr_file.clone(),
+            source,
+        },
+    )?;
+    tracing::info!(%url, database = db.backend().as_str(), "control plane listening");
+    println!("hemiron server: listening on {url} (API {url}/api/v1, docs {url}/api/v1/docs)");
+
+    let state = AppState {
+        svc,
+        tls: false,
+        metrics: Metrics::new(),
+    };
+    let app = api::app(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(ServerError::Serve)?;
+    db.close().await;
+    Ok(())
+}
+
+/// Makes the `admin` user when the store has no user at all. The password is the one given,
+/// else a generated one, printed once on stdout.
+async fn bootstrap_admin(svc: &Services, password: Option<String>) -> Result<(), ServerError> {
+    let any = crate::store::identity::list_users(&svc.db, None, None, 1).await?;
+    if !any.is_empty() {
+        return Ok(());
+    }
+    let (password, generated) = match password {
+        Some(p) => (p, false),
+        None => {
+            let (secret, _) = crate::identity::crypto::new_secret("pw");
+            (secret.trim_start_matches("pw_").to_string(), true)
+        }
+    };
+    let caller = Caller {
+        principal: None,
+        client: "server".into(),
+    };
+    let new = NewUser {
+        username: ADMIN.into(),
+        password: password.clone(),
+        role: Role::Admin,
+        tenant_id: None,
+    };
+    match users::create(svc, &caller, new).await {
+        Ok(_) => {}
+        // A second server on the same database made it first.
+        Err(crate::error::ServiceError::Conflict(_)) => return Ok(()),
+        Err(e) => return Err(ServerError::Bootstrap(e)),
+    }
+    if generated {
+        println!("hemiron server: created user {ADMIN} with password {password} (shown only now)");
+    } else {
+        println!("hemiron server: created user {ADMIN} with the given password");
+    }
+    Ok(())
+}
