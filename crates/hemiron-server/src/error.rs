@@ -17,6 +17,10 @@ pub enum ServiceError {
     Invalid { fields: BTreeMap<String, String> },
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
+    #[error("{0}")]
+    NoCapacity(String),
     #[error("the {what} changed since it was read (its version is now {current})")]
     Stale { what: &'static str, current: i64 },
     #[error("authentication required")]

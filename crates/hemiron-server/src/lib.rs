@@ -9,7 +9,9 @@
 pub mod api;
 pub mod authz;
 pub mod error;
+pub mod fleet;
 pub mod identity;
+pub mod jobs;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -73,6 +73,8 @@ pub async fn run(
     let svc = Services {
         db: db.clone(),
         settings: opts.settings.clone(),
+        clients: Default::default(),
+        wakeup: Default::default(),
     };
     bootstrap_admin(&svc, opts.admin_password.clone()).await?;
 
@@ -96,6 +98,9 @@ pub async fn run(
     )?;
     tracing::info!(%url, database = db.backend().as_str(), "control plane listening");
     println!("hemiron server: listening on {url} (API {url}/api/v1, docs {url}/api/v1/docs)");
+
+    crate::jobs::runner::spawn(svc.clone(), svc.wakeup.clone());
+    tokio::spawn(crate::fleet::reconciler::run(svc.clone()));
 
     let state = AppState {
         svc,

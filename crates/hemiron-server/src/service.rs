@@ -17,6 +17,16 @@ pub struct Settings {
     /// Failed logins per client address within `client_window`.
     pub client_failures: i64,
     pub client_window: Duration,
+    /// How new VPSes are spread over nodes.
+    pub placement: crate::fleet::placement::Policy,
+    /// vCPUs a node may have reserved per physical CPU.
+    pub cpu_overcommit: i64,
+    /// How often the reconciler compares the store with the clusters.
+    pub reconcile_interval: Duration,
+    /// How long a worker's claim on a job lasts without renewal.
+    pub job_lease: Duration,
+    /// Job workers per server.
+    pub workers: usize,
 }
 
 impl Default for Settings {
@@ -27,6 +37,11 @@ impl Default for Settings {
             account_window: Duration::from_secs(15 * 60),
             client_failures: 20,
             client_window: Duration::from_secs(60),
+            placement: crate::fleet::placement::Policy::Spread,
+            cpu_overcommit: 4,
+            reconcile_interval: Duration::from_secs(30),
+            job_lease: Duration::from_secs(30),
+            workers: 2,
         }
     }
 }
@@ -36,6 +51,10 @@ impl Default for Settings {
 pub struct Services {
     pub db: Db,
     pub settings: Settings,
+    /// Proxmox API clients of the clusters.
+    pub clients: crate::fleet::clusters::Clients,
+    /// Wakes this server's job workers when a job is queued.
+    pub wakeup: crate::jobs::runner::Wakeup,
 }
 
 /// Who calls a service, and from where (for the audit log).

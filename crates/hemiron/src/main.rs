@@ -81,6 +81,15 @@ struct ServerArgs {
     /// password is generated and printed once).
     #[arg(long, env = "HEMIRON_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
+    /// How often to compare the database with what the clusters report (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    reconcile_interval: std::time::Duration,
+    /// How new VPSes are spread over nodes: spread (most free memory first) or pack.
+    #[arg(long, default_value = "spread")]
+    placement: hemiron_server::fleet::placement::Policy,
+    /// vCPUs that may be reserved per physical CPU of a node.
+    #[arg(long, default_value_t = 4)]
+    cpu_overcommit: i64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,7 +229,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 listen: args.listen,
                 database: args.database,
                 admin_password: args.admin_password,
-                settings: hemiron_server::service::Settings::default(),
+                settings: hemiron_server::service::Settings {
+                    reconcile_interval: args.reconcile_interval,
+                    placement: args.placement,
+                    cpu_overcommit: args.cpu_overcommit,
+                    ..Default::default()
+                },
             };
             runtime()?.block_on(hemiron_server::server::run(opts, shutdown_signal()))?;
             Ok(())

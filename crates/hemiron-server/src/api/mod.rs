@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod extract;
+pub mod fleet;
 pub mod idempotency;
 pub mod metrics;
 pub mod problem;
@@ -64,6 +65,8 @@ pub struct AppState {
         (name = "tenants", description = "Tenants and quotas"),
         (name = "plans", description = "VPS sizes"),
         (name = "audit", description = "Audit log"),
+        (name = "infra", description = "Clusters and nodes"),
+        (name = "vps", description = "VPSes, templates, jobs"),
     )
 )]
 struct ApiDoc;
@@ -91,6 +94,7 @@ pub fn api_routes() -> (Router<AppState>, OpenApi) {
         .merge(users::router())
         .merge(tokens::router())
         .merge(tenants::router())
+        .merge(fleet::router())
         .split_for_parts();
     (router, api)
 }

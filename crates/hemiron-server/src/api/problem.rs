@@ -62,6 +62,8 @@ impl ApiError {
                     "Invalid request",
                 ),
                 S::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+                S::QuotaExceeded(_) => (StatusCode::CONFLICT, "quota-exceeded", "Quota exceeded"),
+                S::NoCapacity(_) => (StatusCode::CONFLICT, "no-capacity", "No capacity"),
                 S::Stale { .. } => (
                     StatusCode::PRECONDITION_FAILED,
                     "stale-version",

@@ -12,8 +12,10 @@
 //! `FILE.lock` and holds it while the store lives; a second server fails to start.
 
 pub mod audit;
+pub mod fleet;
 pub mod idempotency;
 pub mod identity;
+pub mod jobs;
 pub mod tenancy;
 
 use std::path::{Path, PathBuf};

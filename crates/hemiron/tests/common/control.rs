@@ -61,19 +61,30 @@ pub struct Server {
     pub database: Option<String>,
     pub backend: Backend,
     pub stdout: PathBuf,
+    pub extra: Vec<String>,
 }
 
 impl Server {
     pub fn start(backend: Backend) -> Server {
+        Self::start_with_args(backend, &[])
+    }
+
+    /// A server with more command-line arguments.
+    pub fn start_with_args(backend: Backend, extra: &[&str]) -> Server {
         let database = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => Some(fresh_postgres()),
         };
         let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, database, backend)
+        Self::start_in(dir, database, backend, extra)
     }
 
-    pub fn start_in(dir: tempfile::TempDir, database: Option<String>, backend: Backend) -> Server {
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        database: Option<String>,
+        backend: Backend,
+        extra: &[&str],
+    ) -> Server {
         let mut s = Server {
             child: None,
             stdout: dir.path().join("server.out"),
@@ -81,6 +92,7 @@ impl Server {
             url: String::new(),
             database,
             backend,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.launch();
         s
@@ -103,6 +115,7 @@ impl Server {
         if let Some(db) = &self.database {
             cmd.arg("--database").arg(db);
         }
+        cmd.args(&self.extra);
         let mut child = cmd.spawn().expect("start hemiron server");
         let addr_file = data.join("server.addr");
         self.url = wait_for("server.addr", Duration::from_secs(30), || {

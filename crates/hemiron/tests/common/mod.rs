@@ -262,6 +262,11 @@ impl Agent {
     }
 
     pub fn start_with(http: bool, extra: &[&str]) -> Agent {
+        Self::start_named("n1", http, extra)
+    }
+
+    /// An agent with node name `name`.
+    pub fn start_named(name: &str, http: bool, extra: &[&str]) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("hn")
             .tempdir_in("/tmp")
@@ -269,7 +274,7 @@ impl Agent {
         let mut agent = Agent {
             child: None,
             dir,
-            name: "n1".into(),
+            name: name.into(),
             url: String::new(),
             token: String::new(),
             http,

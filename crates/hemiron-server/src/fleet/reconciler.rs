@@ -1,0 +1,161 @@
+//! The reconciler: every interval, reads each cluster's inventory and `/cluster/resources`,
+//! and compares them with the VPSes the store has placed there. A VM stopped or started
+//! behind the control plane's back changes the VPS's power state; a VM gone marks the VPS
+//! `missing`; CPU or memory changed on the node are recorded as drift. Each change writes an
+//! event. Nothing is reverted: the operator decides. VPSes with a job running are left to it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hemiron_pve_client::Resource;
+use serde_json::json;
+
+use super::clusters;
+use crate::service::Services;
+use crate::store::fleet::{self as store, EventRow, VpsRow};
+use crate::store::{jobs, new_id, now_ms, StoreError};
+
+/// Runs forever, one pass per interval.
+pub async fn run(svc: Services) {
+    loop {
+        pass(&svc).await;
+        tokio::time::sleep(svc.settings.reconcile_interval).await;
+    }
+}
+
+/// One pass over every cluster.
+pub async fn pass(svc: &Services) {
+    let clusters = match store::clusters(&svc.db).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %crate::error_chain(&e), "reconciler: reading clusters failed");
+            return;
+        }
+    };
+    for c in clusters {
+        clusters::refresh(svc, &c).await;
+        let client = match svc.clients.get(&c) {
+            Ok(cl) => cl,
+            Err(e) => {
+                tracing::warn!(cluster = %c.name, error = %crate::error_chain(&e), "reconciler: no client");
+                continue;
+            }
+        };
+        let resources = match tokio::time::timeout(
+            Duration::from_secs(30),
+            client.resources(Some("vm")),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(cluster = %c.name, error = %crate::error_chain(&e), "reconciler: resources failed");
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(cluster = %c.name, "reconciler: resources timed out");
+                continue;
+            }
+        };
+        if let Err(e) = compare(svc, &c.id, &resources).await {
+            tracing::warn!(cluster = %c.name, error = %crate::error_chain(&e), "reconciler: compare failed");
+        }
+    }
+}
+
+async fn compare(
+    svc: &Services,
+    cluster_id: &str,
+    resources: &[Resource],
+) -> Result<(), StoreError> {
+    let by_vmid: HashMap<i64, &Resource> = resources
+        .iter()
+        .filter_map(|r| Some((i64::try_from(r.vmid?).ok()?, r)))
+        .collect();
+    for vps in store::vps_on_cluster(&svc.db, cluster_id).await? {
+        let Some(vmid) = vps.vmid else { continue };
+        let mut tx = svc.db.begin().await?;
+        if jobs::active_for_vps(&mut tx, &vps.id).await? > 0 {
+            continue;
+        }
+        let observed = by_vmid.get(&vmid).copied();
+        let Some((changed, kind, detail)) = diff(&vps, observed) else {
+            continue;
+        };
+        let mut changed = changed;
+        changed.updated_at = now_ms();
+        if !store::update_vps(&mut tx, &changed).await? {
+            // Changed meanwhile (a job, another server): next pass.
+            continue;
+        }
+        let e = EventRow {
+            id: new_id(),
+            at: now_ms(),
+            tenant_id: Some(vps.tenant_id.clone()),
+            vps_id: Some(vps.id.clone()),
+            kind: kind.to_string(),
+            detail,
+        };
+        store::add_event(&mut tx, &e).await?;
+        tx.commit().await?;
+        tracing::info!(vps = %vps.id, vmid, kind, "reconciler: change recorded");
+    }
+    Ok(())
+}
+
+/// What differs between the stored VPS and the VM observed (None: nothing).
+fn diff(vps: &VpsRow, observed: Option<&Resource>) -> Option<(VpsRow, &'static str, String)> {
+    let mut v = vps.clone();
+    let Some(r) = observed else {
+        if vps.state == "missing" {
+            return None;
+        }
+        v.state = "missing".into();
+        v.power = "unknown".into();
+        return Some((
+            v,
+            "vps.missing",
+            format!("VM {} is gone from its cluster", vps.vmid.unwrap_or(0)),
+        ));
+    };
+    let power = r.status.clone().unwrap_or_else(|| "unknown".into());
+    let state = if power == "running" {
+        "running"
+    } else {
+        "stopped"
+    };
+    let memory_mib = r
+        .maxmem
+        .map(|m| i64::try_from(m / (1024 * 1024)).unwrap_or(i64::MAX));
+    let vcpus = r.maxcpu.map(|c| c.round() as i64);
+    let mut drift = serde_json::Map::new();
+    if let Some(m) = memory_mib.filter(|m| *m != vps.memory_mib) {
+        drift.insert(
+            "memory_mib".into(),
+            json!({"expected": vps.memory_mib, "observed": m}),
+        );
+    }
+    if let Some(c) = vcpus.filter(|c| *c != vps.vcpus) {
+        drift.insert(
+            "vcpus".into(),
+            json!({"expected": vps.vcpus, "observed": c}),
+        );
+    }
+    let drift = (!drift.is_empty()).then(|| serde_json::Value::Object(drift).to_string());
+    if power != vps.power || state != vps.state {
+        v.power = power.clone();
+        v.state = state.into();
+        v.drift = drift.clone();
+        return Some((
+            v,
+            "vps.power",
+            format!("{} → {power} (seen on the cluster)", vps.power),
+        ));
+    }
+    if drift != vps.drift {
+        v.drift = drift.clone();
+        let detail = drift.unwrap_or_else(|| "no drift any more".into());
+        return Some((v, "vps.drift", detail));
+    }
+    None
+}
