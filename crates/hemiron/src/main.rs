@@ -90,6 +90,9 @@ struct ServerArgs {
     /// vCPUs that may be reserved per physical CPU of a node.
     #[arg(long, default_value_t = 4)]
     cpu_overcommit: i64,
+    /// Job workers in this server (0: serve the API only and leave jobs to other servers).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +236,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     reconcile_interval: args.reconcile_interval,
                     placement: args.placement,
                     cpu_overcommit: args.cpu_overcommit,
+                    workers: args.workers,
                     ..Default::default()
                 },
             };

@@ -26,7 +26,7 @@ impl Wakeup {
 /// Starts the workers; they run until the runtime stops.
 pub fn spawn(svc: Services, wakeup: Wakeup) {
     let server = new_id();
-    for n in 0..svc.settings.workers.max(1) {
+    for n in 0..svc.settings.workers {
         let owner = format!("{server}/{n}");
         let svc = svc.clone();
         let wakeup = wakeup.clone();
