@@ -22,6 +22,8 @@ pub struct ServerOptions {
     /// printed once).
     pub admin_password: Option<String>,
     pub settings: Settings,
+    /// Serve HTTPS with this configuration (session cookies then get `Secure`).
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +57,42 @@ pub enum ServerError {
 /// Name of the first admin.
 pub const ADMIN: &str = "admin";
 
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    pub svc: Services,
+    /// `http://ADDR`.
+    pub url: String,
+    serve: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl Running {
+    /// Waits until the server stops (after the shutdown future given to [`start`]).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        let result = match self.serve.await {
+            Ok(r) => r.map_err(ServerError::Serve),
+            Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+        };
+        self.svc.db.close().await;
+        result
+    }
+}
+
 /// Opens the store, makes the first admin if there is no user, and serves until `shutdown`
 /// completes.
 pub async fn run(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    start(opts, shutdown).await?.wait().await
+}
+
+/// Opens the store, makes the first admin if there is no user, starts the job workers, the
+/// reconciler and the HTTP server (which stops when `shutdown` completes).
+pub async fn start(
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, ServerError> {
     std::fs::create_dir_all(&opts.data_dir).map_err(|source| ServerError::DataDir {
         path: opts.data_dir.clone(),
         source,
@@ -88,7 +120,32 @@ pub async fn run(
         addr: opts.listen,
         source,
     })?;
-    let url = format!("http://{addr}");
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}");
+    crate::jobs::runner::spawn(svc.clone(), svc.wakeup.clone());
+    tokio::spawn(crate::fleet::reconciler::run(svc.clone()));
+
+    let state = AppState {
+        svc: svc.clone(),
+        tls: opts.tls.is_some(),
+        metrics: Metrics::new(),
+    };
+    let app = api::app(state);
+    let serve = match opts.tls.clone() {
+        None => tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
+        }),
+        Some(tls) => tokio::spawn(async move {
+            serve_tls(listener, app, tls, shutdown).await;
+            Ok(())
+        }),
+    };
+    // Written once the server accepts connections: tests and scripts wait for this file.
     let addr_file = opts.data_dir.join("server.addr");
     crate::store::write_atomically(&addr_file, format!("{url}\n").as_bytes()).map_err(
         |source| ServerError::WriteAddr {
@@ -98,25 +155,7 @@ pub async fn run(
     )?;
     tracing::info!(%url, database = db.backend().as_str(), "control plane listening");
     println!("hemiron server: listening on {url} (API {url}/api/v1, docs {url}/api/v1/docs)");
-
-    crate::jobs::runner::spawn(svc.clone(), svc.wakeup.clone());
-    tokio::spawn(crate::fleet::reconciler::run(svc.clone()));
-
-    let state = AppState {
-        svc,
-        tls: false,
-        metrics: Metrics::new(),
-    };
-    let app = api::app(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(ServerError::Serve)?;
-    db.close().await;
-    Ok(())
+    Ok(Running { svc, url, serve })
 }
 
 /// Makes the `admin` user when the store has no user at all. The password is the one given,
@@ -155,4 +194,55 @@ async fn bootstrap_admin(svc: &Services, password: Option<String>) -> Result<(),
         println!("hemiron server: created user {ADMIN} with the given password");
     }
     Ok(())
+}
+
+/// Serves `app` over TLS until `shutdown` completes: one task per connection, HTTP/1.1.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, acceptor) = (app.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(tower::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            ));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with error");
+            }
+        });
+    }
 }

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod up;
+
 #[derive(Debug, Parser)]
 #[command(name = "hemiron", version, about = "Self-hosted VPS fleet platform")]
 struct Cli {
@@ -17,6 +19,8 @@ struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
+    #[command(flatten)]
+    client: hemiron_cli::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,8 +29,12 @@ struct Cli {
 enum Command {
     /// Run the node agent, or manage a node's data directory.
     Node(NodeCommand),
+    /// Run everything on this machine: a node agent, the control plane, a template.
+    Up(up::UpArgs),
     /// Run the control plane (multi-tenant API over clusters of nodes).
     Server(ServerArgs),
+    #[command(flatten)]
+    Client(hemiron_cli::ClientCommand),
     /// Build guest images.
     Image {
         #[command(subcommand)]
@@ -93,6 +101,9 @@ struct ServerArgs {
     /// Job workers in this server (0: serve the API only and leave jobs to other servers).
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Serve HTTPS with a self-signed certificate made in DATA_DIR/tls on first start.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +198,20 @@ fn report(err: &anyhow::Error) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Client(cmd) = cli.command {
+        // Client commands log only warnings: their output is for people and scripts.
+        init_logging("warn", cli.log_json);
+        let result = runtime()
+            .map_err(|e| hemiron_cli::CliError::Config(e.to_string()))
+            .and_then(|rt| rt.block_on(hemiron_cli::run(cli.client, cmd)));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     init_logging(&cli.log, cli.log_json);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -226,8 +251,19 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Node(NodeCommand {
             command: Some(sub), ..
         }) => run_node_subcommand(sub),
+        Command::Client(_) => Ok(()),
+        Command::Up(args) => {
+            let rt = runtime()?;
+            up::run(args, &rt, shutdown_signal())
+        }
         Command::Server(args) => {
+            let tls = if args.tls {
+                Some(up::server_tls(&args.data_dir.join("tls"))?)
+            } else {
+                None
+            };
             let opts = hemiron_server::server::ServerOptions {
+                tls,
                 data_dir: args.data_dir,
                 listen: args.listen,
                 database: args.database,
