@@ -109,6 +109,16 @@ pub async fn start(
         wakeup: Default::default(),
     };
     bootstrap_admin(&svc, opts.admin_password.clone()).await?;
+    if db.backend() == crate::store::Backend::Sqlite {
+        // No other server can be using the file: jobs left running died with the last one.
+        let n = crate::store::jobs::requeue_all_running(&db, crate::store::now_ms()).await?;
+        if n > 0 {
+            tracing::info!(
+                jobs = n,
+                "requeued jobs left running by the previous server"
+            );
+        }
+    }
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await

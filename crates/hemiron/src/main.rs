@@ -104,6 +104,10 @@ struct ServerArgs {
     /// Serve HTTPS with a self-signed certificate made in DATA_DIR/tls on first start.
     #[arg(long)]
     tls: bool,
+    /// How long a worker's claim on a job lasts without renewal (renewed every third of it);
+    /// a job whose server died is taken over after this.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    job_lease: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -273,6 +277,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     placement: args.placement,
                     cpu_overcommit: args.cpu_overcommit,
                     workers: args.workers,
+                    job_lease: args.job_lease,
                     ..Default::default()
                 },
             };

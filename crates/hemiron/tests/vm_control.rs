@@ -258,3 +258,96 @@ fn vm_vps_lifecycle_placement_and_reconciler() {
         json!({"vcpus": 0, "memory_mib": 0, "disk_gib": 0, "vms": 0})
     );
 }
+
+/// The server dies (as with `kill -9`) right after each step of the create job records
+/// itself; restarted, it finishes the job exactly once: one VM on the node, the VPS running,
+/// the quota charged once. Deleting it leaves nothing behind.
+#[test]
+fn vm_create_job_survives_a_crash_at_every_step() {
+    let n1 = node_with_template("n1");
+    let mut server = Server::start(Backend::Sqlite);
+    let admin = server.admin();
+    register(&admin, &n1, "c1");
+    let tenant = admin
+        .post("/tenants", &json!({"name": "acme", "quota": {"vcpus": 4, "memory_mib": 1024, "disk_gib": 10, "vms": 2}}))
+        .expect(201);
+    let tid = tenant["id"].as_str().unwrap().to_string();
+    admin
+        .post(
+            "/plans",
+            &json!({"name": "tiny", "vcpus": 1, "memory_mib": 128, "disk_gib": 1}),
+        )
+        .expect(201);
+    let keys = tempfile::tempdir().unwrap();
+    let (_, public) = ssh_keypair(keys.path(), "k");
+    let node_vms = |name: &str| -> Vec<Value> {
+        n1.api()
+            .get("/nodes/n1/qemu", &[])
+            .ok()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["name"] == name)
+            .cloned()
+            .collect()
+    };
+    for step in [
+        "clone",
+        "cloning",
+        "configure",
+        "resize",
+        "power-on",
+        "ready",
+        "complete",
+    ] {
+        server.kill9();
+        server.env = vec![("HEMIRON_TEST_CRASH_AT".into(), format!("vps.create:{step}"))];
+        server.launch();
+        let admin = server.admin();
+        let name = format!("crash-{step}");
+        let r = admin.post(
+            "/vps",
+            &json!({"name": name, "plan": "tiny", "template": "guest", "ssh_keys": [public], "tenant_id": tid}),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_string();
+        wait_for("the server to crash", Duration::from_secs(120), || {
+            server
+                .child
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .unwrap()
+                .map(|_| ())
+        });
+        server.env.clear();
+        server.launch();
+        let admin = server.admin();
+        let job = wait_job(&admin, &r.body["job"]);
+        assert_eq!(job["state"], "succeeded", "crash at {step}: {job}");
+        let v = admin.get(&format!("/vps/{id}")).expect(200);
+        assert_eq!(v["state"], "running", "crash at {step}: {v}");
+        let vms = node_vms(&name);
+        assert_eq!(vms.len(), 1, "crash at {step}: one VM, not {vms:?}");
+        assert_eq!(vms[0]["vmid"].as_i64(), v["vmid"].as_i64());
+        let used = admin.get(&format!("/tenants/{tid}")).expect(200)["used"].clone();
+        assert_eq!(
+            used,
+            json!({"vcpus": 1, "memory_mib": 128, "disk_gib": 1, "vms": 1}),
+            "crash at {step}"
+        );
+
+        let etag = admin.get(&format!("/vps/{id}")).etag();
+        let job = admin.delete(&format!("/vps/{id}"), &etag).expect(202);
+        assert_eq!(wait_job(&admin, &job)["state"], "succeeded");
+        assert!(
+            node_vms(&name).is_empty(),
+            "crash at {step}: VM left behind"
+        );
+        let used = admin.get(&format!("/tenants/{tid}")).expect(200)["used"].clone();
+        assert_eq!(
+            used,
+            json!({"vcpus": 0, "memory_mib": 0, "disk_gib": 0, "vms": 0})
+        );
+    }
+}

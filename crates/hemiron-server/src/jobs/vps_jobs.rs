@@ -140,7 +140,7 @@ pub async fn create(svc: &Services, claim: &mut Claim) -> Result<(), JobError> {
             t.vps.state
         )));
     }
-    if matches!(claim.job.step.as_str(), "start" | "clone") {
+    if matches!(claim.job.step.as_str(), "start" | "clone" | "cloning") {
         clone_step(svc, claim, &t, &payload, &mut ck).await?;
         claim.reach(svc, "configure", &ck).await?;
     }
@@ -234,7 +234,7 @@ async fn clone_step(
         .clone_vm(&t.node, vmid_u32(payload.template_vmid)?, &params)
         .await?;
     ck.clone_upid = Some(upid.clone());
-    claim.reach(svc, "clone", ck).await?;
+    claim.reach(svc, "cloning", ck).await?;
     wait(t, &upid).await
 }
 
@@ -350,6 +350,7 @@ async fn complete(
     event: &str,
     detail: String,
 ) -> Result<(), JobError> {
+    super::crash_point(&format!("{}:complete", claim.job.kind));
     let mut tx = svc.db.begin().await?;
     save(&mut tx, &mut vps).await?;
     add_event(&mut tx, &vps, event, &detail).await?;

@@ -167,3 +167,13 @@ pub async fn jobs_of_vps(db: &Db, vps_id: &str, limit: i64) -> Result<Vec<JobRow
         on_db!(db, p => sqlx::query_as::<_, JobRow>(&sql).bind(vps_id).bind(limit).fetch_all(p).await)?,
     )
 }
+
+/// Puts every running job back in the queue. Only for SQLite at start-up: one server owns
+/// the file, so a job still marked running belonged to this server's previous life.
+pub async fn requeue_all_running(db: &Db, now: i64) -> Result<u64, StoreError> {
+    let n = on_db!(db, p => sqlx::query(
+        "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL, \
+         fence = fence + 1, updated_at = $1 WHERE state = 'running'")
+        .bind(now).execute(p).await.map(|r| r.rows_affected()))?;
+    Ok(n)
+}

@@ -62,6 +62,7 @@ pub struct Server {
     pub backend: Backend,
     pub stdout: PathBuf,
     pub extra: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -85,6 +86,17 @@ impl Server {
         backend: Backend,
         extra: &[&str],
     ) -> Server {
+        Self::start_in_env(dir, database, backend, extra, &[])
+    }
+
+    /// The same, with more environment variables for the server process.
+    pub fn start_in_env(
+        dir: tempfile::TempDir,
+        database: Option<String>,
+        backend: Backend,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut s = Server {
             child: None,
             stdout: dir.path().join("server.out"),
@@ -93,6 +105,10 @@ impl Server {
             database,
             backend,
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.launch();
         s
@@ -116,6 +132,7 @@ impl Server {
             cmd.arg("--database").arg(db);
         }
         cmd.args(&self.extra);
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut child = cmd.spawn().expect("start hemiron server");
         let addr_file = data.join("server.addr");
         self.url = wait_for("server.addr", Duration::from_secs(30), || {
@@ -292,5 +309,104 @@ impl Client {
 
     pub fn delete(&self, path: &str, etag: &str) -> Reply {
         self.send("DELETE", path, None, &[("if-match", etag)])
+    }
+}
+
+/// Writes into a fresh store (before its server starts): a tenant `acme` with room for
+/// `vms` VPSes, a cluster with one roomy online node holding template `guest`, and plan
+/// `small`. Nothing answers at the cluster's address: with `--workers 0` the jobs stay
+/// queued, which is all the API tests need.
+pub fn seed_placeable(url: &str, vms: i64) -> String {
+    use hemiron_server::store::fleet::{self, ClusterRow, NodeRow, TemplateRow};
+    use hemiron_server::store::tenancy::{self, PlanRow, TenantRow};
+    use hemiron_server::store::{now_ms, Db};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = Db::open(url).await.unwrap();
+        let now = now_ms();
+        let mut tx = db.begin().await.unwrap();
+        let tenant = TenantRow {
+            id: "tenant-acme".into(),
+            name: "acme".into(),
+            quota_vcpus: 1000,
+            quota_memory_mib: 1 << 30,
+            quota_disk_gib: 100_000,
+            quota_vms: vms,
+            used_vcpus: 0,
+            used_memory_mib: 0,
+            used_disk_gib: 0,
+            used_vms: 0,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        tenancy::insert_tenant(&mut tx, &tenant).await.unwrap();
+        let plan = PlanRow {
+            id: "plan-small".into(),
+            name: "small".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            disk_gib: 1,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        tenancy::insert_plan(&mut tx, &plan).await.unwrap();
+        let cluster = ClusterRow {
+            id: "cluster-0".into(),
+            name: "c0".into(),
+            endpoint: "http://127.0.0.1:9".into(),
+            token_id: "root@pam!x".into(),
+            token_secret: "x".into(),
+            fingerprint: None,
+            status: "online".into(),
+            last_error: None,
+            last_seen_at: Some(now),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        fleet::insert_cluster(&mut tx, &cluster).await.unwrap();
+        tx.commit().await.unwrap();
+        let node = NodeRow {
+            id: "node-0".into(),
+            cluster_id: "cluster-0".into(),
+            name: "n1".into(),
+            status: "online".into(),
+            accel: Some("tcg".into()),
+            cpus: 1000,
+            memory_mib: 1 << 30,
+            reserved_vcpus: 0,
+            reserved_memory_mib: 0,
+            reserved_disk_gib: 0,
+            maintenance: false,
+            updated_at: now,
+        };
+        fleet::upsert_node(&db, &node).await.unwrap();
+        let template = TemplateRow {
+            id: "cluster-0:9000".into(),
+            cluster_id: "cluster-0".into(),
+            node: "n1".into(),
+            vmid: 9000,
+            name: "guest".into(),
+            updated_at: now,
+        };
+        fleet::replace_templates(&db, "cluster-0", &[template])
+            .await
+            .unwrap();
+        db.close().await;
+        tenant.id
+    })
+}
+
+/// A store URL for a new server in `dir` (the SQLite file it will use, or a fresh
+/// PostgreSQL database).
+pub fn store_url(backend: Backend, dir: &std::path::Path) -> String {
+    match backend {
+        Backend::Sqlite => {
+            std::fs::create_dir_all(dir.join("data")).unwrap();
+            hemiron_server::store::Db::sqlite_url(&dir.join("data/hemiron.db"))
+        }
+        Backend::Postgres => fresh_postgres(),
     }
 }
