@@ -164,6 +164,7 @@ pub struct PasswordCheck {
 /// login until it is confirmed with a code.
 #[utoipa::path(post, path = "/auth/mfa/totp", tag = "auth", request_body = PasswordCheck,
     responses(
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "Enrollment started", body = TotpEnrollment),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "TOTP already enabled", body = Problem, content_type = "application/problem+json"),
@@ -195,6 +196,7 @@ pub struct RecoveryCodes {
 /// Confirm TOTP enrollment with a first code: from now on login needs a code.
 #[utoipa::path(post, path = "/auth/mfa/totp/confirm", tag = "auth", request_body = CodeCheck,
     responses(
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "TOTP enabled", body = RecoveryCodes),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "No enrollment in progress", body = Problem, content_type = "application/problem+json"),
@@ -222,6 +224,7 @@ pub struct PasswordAndCode {
 /// Turn TOTP off.
 #[utoipa::path(delete, path = "/auth/mfa/totp", tag = "auth", request_body = PasswordAndCode,
     responses(
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 204, description = "TOTP disabled"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "TOTP not enabled", body = Problem, content_type = "application/problem+json"),
@@ -239,6 +242,7 @@ async fn totp_disable(
 /// Replace the recovery codes with ten new ones.
 #[utoipa::path(post, path = "/auth/mfa/recovery-codes", tag = "auth", request_body = PasswordAndCode,
     responses(
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "New codes", body = RecoveryCodes),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "TOTP not enabled", body = Problem, content_type = "application/problem+json"),

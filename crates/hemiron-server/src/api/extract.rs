@@ -109,6 +109,9 @@ fn cookie(parts: &Parts, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// Request bodies larger than this are refused (none comes near it).
+pub const MAX_BODY: usize = 1 << 20;
+
 /// A JSON body; a bad one answers 400 problem+json saying what is wrong.
 #[derive(Debug)]
 pub struct Body<T>(pub T);
@@ -119,11 +122,34 @@ where
     S: Send + Sync,
 {
     type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Body(v)),
-            Err(e) => Err(ApiError::BadBody(e.body_text())),
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !json {
+            return Err(ApiError::BadBody(
+                "expected Content-Type: application/json".into(),
+            ));
         }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+            .await
+            .map_err(|_| ApiError::BadBody(format!("larger than {MAX_BODY} bytes")))?;
+        // No store keeps NUL in text (PostgreSQL refuses it): refuse it here, for every field.
+        if bytes.windows(6).any(|w| w == b"\\u0000") {
+            return Err(ApiError::BadBody(
+                "strings must not contain NUL characters".into(),
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError::BadBody(e.to_string()))
     }
 }
 
@@ -170,4 +196,22 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
 /// The strong ETag of a version.
 pub fn etag(version: i64) -> String {
     format!("\"{version}\"")
+}
+
+/// Path parameters; a bad one (not UTF-8, say) answers 400 problem+json.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(e) => Err(ApiError::BadQuery(e.body_text())),
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! `/api/v1/clusters`, `/nodes`, `/templates`, `/vps`, `/jobs`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{Authed, Body, IfMatch, Query};
+use super::extract::{Authed, Body, IfMatch, Path, Query};
 use super::problem::{ApiError, Problem};
 use super::views::{time, Page, PageQuery};
 use super::{created, tagged, AppState};

@@ -103,11 +103,18 @@ async fn handle(
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::OK);
+        let empty = stored.response.is_empty();
         let mut resp = (status, stored.response).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        // Every answer of this API with a body is JSON: errors as problem details.
+        let kind = if status.is_client_error() {
+            "application/problem+json"
+        } else {
+            "application/json"
+        };
+        if !empty {
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+        }
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
         return Ok(resp);

@@ -124,7 +124,8 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,
-        ));
+        ))
+        .layer(middleware::from_fn(refuse_nul));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))
@@ -171,6 +172,16 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
 struct Health {
     status: &'static str,
     database: &'static str,
+}
+
+/// Refuses NUL characters anywhere in the path or query (no store keeps them in text).
+async fn refuse_nul(req: Request, next: Next) -> Response {
+    let uri = req.uri().to_string();
+    if uri.contains("%00") {
+        return ApiError::BadQuery("the URL must not contain NUL characters".into())
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// Liveness and database reachability.

@@ -1,6 +1,6 @@
 //! `/api/v1/tenants`, `/api/v1/plans` and `/api/v1/audit`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{Authed, Body, IfMatch, Query};
+use super::extract::{Authed, Body, IfMatch, Path, Query};
 use super::problem::{ApiError, Problem};
 use super::views::{cursor, AuditRecord, Page, PageQuery, Plan, Quota, Tenant};
 use super::{created, tagged, AppState};

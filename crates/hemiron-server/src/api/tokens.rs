@@ -1,7 +1,7 @@
 //! `/api/v1/tokens`: the caller's API tokens (a tenant owner sees their tenant's, an admin
 //! everyone's).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{Authed, Body, IfMatch, Query};
+use super::extract::{Authed, Body, IfMatch, Path, Query};
 use super::problem::{ApiError, Problem};
 use super::views::{Page, PageQuery, Token};
 use super::{created, tagged, AppState};
