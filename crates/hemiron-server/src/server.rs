@@ -107,6 +107,7 @@ pub async fn start(
         settings: opts.settings.clone(),
         clients: Default::default(),
         wakeup: Default::default(),
+        auth_cache: Default::default(),
     };
     bootstrap_admin(&svc, opts.admin_password.clone()).await?;
     if db.backend() == crate::store::Backend::Sqlite {

@@ -55,6 +55,8 @@ pub struct Services {
     pub clients: crate::fleet::clusters::Clients,
     /// Wakes this server's job workers when a job is queued.
     pub wakeup: crate::jobs::runner::Wakeup,
+    /// Principals authenticated in the last second.
+    pub auth_cache: crate::identity::cache::AuthCache,
 }
 
 /// Who calls a service, and from where (for the audit log).

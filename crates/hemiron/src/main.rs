@@ -10,6 +10,11 @@ use clap::{Args, Parser, Subcommand};
 
 mod up;
 
+// The control plane answers many small requests from several threads (async workers, SQLite
+// connection threads); mimalloc spends far less time in allocation locks than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "hemiron", version, about = "Self-hosted VPS fleet platform")]
 struct Cli {

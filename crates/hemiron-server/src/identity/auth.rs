@@ -199,6 +199,22 @@ async fn use_second_factor(
 /// The principal behind a bearer token or session cookie, if it is live.
 pub async fn authenticate(svc: &Services, secret: &str) -> Result<Option<Principal>, ServiceError> {
     let hash = crypto::sha256_hex(secret);
+    if let Some(p) = svc.auth_cache.get(&hash) {
+        return Ok(Some(p));
+    }
+    let found = authenticate_uncached(svc, secret, &hash).await?;
+    if let Some(p) = &found {
+        svc.auth_cache.put(hash, p.clone());
+    }
+    Ok(found)
+}
+
+async fn authenticate_uncached(
+    svc: &Services,
+    secret: &str,
+    hash: &str,
+) -> Result<Option<Principal>, ServiceError> {
+    let hash = hash.to_string();
     let now = now_ms();
     if secret.starts_with(&format!("{TOKEN_PREFIX}_")) {
         let Some((token, user)) = users::live_token(&svc.db, &hash, now).await? else {
@@ -252,6 +268,7 @@ pub async fn authenticate(svc: &Services, secret: &str) -> Result<Option<Princip
 pub async fn logout(svc: &Services, caller: &Caller) -> Result<(), ServiceError> {
     let who = caller.who()?;
     if let Via::Session { token_hash, .. } = &who.via {
+        svc.auth_cache.forget_session(token_hash);
         let mut tx = svc.db.begin().await?;
         users::delete_session(&mut tx, token_hash).await?;
         caller

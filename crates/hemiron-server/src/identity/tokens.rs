@@ -198,5 +198,6 @@ pub async fn revoke(
             Some(format!("name={} owner={}", t.token.name, t.username)),
         )
         .await?;
+    svc.auth_cache.forget_token(id);
     Ok(())
 }

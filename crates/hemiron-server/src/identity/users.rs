@@ -269,6 +269,7 @@ pub async fn update(
             Some(changed.join(" ")),
         )
         .await?;
+    svc.auth_cache.forget_user(&user.id);
     Ok(user)
 }
 
@@ -314,6 +315,7 @@ pub async fn delete(
             Some(format!("username={}", user.username)),
         )
         .await?;
+    svc.auth_cache.forget_user(&user.id);
     Ok(())
 }
 
