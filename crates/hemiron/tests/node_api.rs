@@ -516,3 +516,37 @@ fn malformed_requests_never_hurt() {
     );
     assert!(conf.contains("memory: 64"), "{conf}");
 }
+
+#[test]
+fn healthz_and_metrics_answer_without_credentials() {
+    let agent = Agent::start();
+    let base = agent.url.trim().trim_end_matches("/api2/json").to_string();
+    let http = reqwest::blocking::Client::new();
+    let health: serde_json::Value = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["node"], "n1");
+    // A Proxmox call to count, then the metrics.
+    agent.api().get("/version", &[]).ok();
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        text.contains("hemiron_node_http_requests_total{method=\"GET\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(text.contains("hemiron_node_vms_running 0"), "{text}");
+    // The Proxmox API itself still needs credentials.
+    let r = http
+        .get(format!("{base}/api2/json/version"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}

@@ -8,6 +8,7 @@ mod access;
 mod clone;
 mod cluster;
 pub mod nodes;
+mod observe;
 mod qemu;
 mod snapshot;
 mod storage;
@@ -164,10 +165,23 @@ pub fn router(node: Arc<Node>) -> Router {
             node.clone(),
             authenticate,
         ))
-        .with_state(node);
+        .with_state(node.clone());
+    let metrics = observe::Metrics::new();
+    let outside = Router::new()
+        .route("/healthz", get(observe::healthz))
+        .route("/metrics", get(observe::metrics))
+        .with_state(observe::ObserveState {
+            node,
+            metrics: metrics.clone(),
+        });
     Router::new()
         .nest(PREFIX, api)
+        .merge(outside)
         .fallback(not_implemented)
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            observe::count,
+        ))
         .layer(axum::middleware::from_fn(trace_request))
 }
 

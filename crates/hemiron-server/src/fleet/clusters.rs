@@ -280,6 +280,14 @@ pub async fn refresh_now(
     authorize(who, Area::Infra, Access::Write, Owner::Platform)
         .map_err(|d| ServiceError::denied(d, "cluster"))?;
     refresh(svc, &c).await;
+    let row = caller.audit(
+        "cluster.refresh",
+        Some(format!("cluster:{}", c.id)),
+        None,
+        "ok",
+        None,
+    );
+    crate::store::audit::append(&svc.db, &row).await?;
     store::cluster(&svc.db, &c.id)
         .await?
         .ok_or(ServiceError::NotFound { what: "cluster" })
