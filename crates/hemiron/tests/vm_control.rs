@@ -225,6 +225,27 @@ fn vm_vps_lifecycle_placement_and_reconciler() {
             .any(|e| e["kind"] == "vps.power"),
         "{events}"
     );
+    // Deleted behind its back: the VPS shows as missing, with an event.
+    agent
+        .api()
+        .task_ok(&node, "DELETE", &format!("/nodes/{node}/qemu/{vmid}"), &[]);
+    wait_for(
+        "reconciler to see the VM gone",
+        Duration::from_secs(6),
+        || {
+            let v = bob.get(&format!("/vps/{id2}")).expect(200);
+            (v["state"] == "missing").then_some(())
+        },
+    );
+    let events = bob.get(&format!("/vps/{id2}/events")).expect(200);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "vps.missing"),
+        "{events}"
+    );
 
     // The server restarts; it finds everything where it was.
     server.kill9();

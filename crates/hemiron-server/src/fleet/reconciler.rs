@@ -159,3 +159,78 @@ fn diff(vps: &VpsRow, observed: Option<&Resource>) -> Option<(VpsRow, &'static s
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vps() -> VpsRow {
+        VpsRow {
+            id: "v".into(),
+            tenant_id: "t".into(),
+            name: "web".into(),
+            plan_id: None,
+            template: "guest".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            disk_gib: 2,
+            username: "hemiron".into(),
+            ssh_keys: String::new(),
+            full_clone: false,
+            anti_affinity: None,
+            cluster_id: Some("c".into()),
+            node: Some("n1".into()),
+            vmid: Some(101),
+            state: "running".into(),
+            power: "running".into(),
+            ssh_address: None,
+            web_address: None,
+            drift: None,
+            last_error: None,
+            version: 1,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn seen(status: &str, mem_mib: u64, cpus: f64) -> Resource {
+        serde_json::from_value(serde_json::json!({
+            "id": "qemu/101", "type": "qemu", "node": "n1", "vmid": 101, "status": status,
+            "maxmem": mem_mib * 1024 * 1024, "maxcpu": cpus,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn unchanged_vms_change_nothing() {
+        assert!(diff(&vps(), Some(&seen("running", 256, 1.0))).is_none());
+    }
+
+    #[test]
+    fn a_vm_stopped_on_the_node_stops_the_vps() {
+        let (v, kind, _) = diff(&vps(), Some(&seen("stopped", 256, 1.0))).unwrap();
+        assert_eq!(
+            (v.state.as_str(), v.power.as_str(), kind),
+            ("stopped", "stopped", "vps.power")
+        );
+    }
+
+    #[test]
+    fn a_vm_gone_marks_the_vps_missing_once() {
+        let (v, kind, _) = diff(&vps(), None).unwrap();
+        assert_eq!((v.state.as_str(), kind), ("missing", "vps.missing"));
+        assert!(diff(&v, None).is_none());
+    }
+
+    #[test]
+    fn a_resize_behind_our_back_is_drift_not_reverted() {
+        let (v, kind, detail) = diff(&vps(), Some(&seen("running", 512, 2.0))).unwrap();
+        assert_eq!(kind, "vps.drift");
+        assert_eq!((v.memory_mib, v.vcpus), (256, 1), "the expected size stays");
+        assert!(detail.contains("\"observed\":512"), "{detail}");
+        assert!(
+            diff(&v, Some(&seen("running", 512, 2.0))).is_none(),
+            "recorded once"
+        );
+    }
+}
