@@ -234,7 +234,7 @@ pub async fn templates_named_tx(tx: &mut Tx, name: &str) -> Result<Vec<TemplateR
         .bind(name).fetch_all(x).await)?)
 }
 
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone, FromRow, serde::Deserialize)]
 pub struct VpsRow {
     pub id: String,
     pub tenant_id: String,
@@ -246,6 +246,7 @@ pub struct VpsRow {
     pub disk_gib: i64,
     pub username: String,
     pub ssh_keys: String,
+    #[serde(deserialize_with = "bool_or_int")]
     pub full_clone: bool,
     pub anti_affinity: Option<String>,
     pub cluster_id: Option<String>,
@@ -318,12 +319,55 @@ pub async fn list_vps(
         created_at: i64::MIN,
         id: String::new(),
     });
-    let sql = format!(
+    let page = format!(
         "SELECT {VPS_COLUMNS} FROM vps WHERE ($1 IS NULL OR tenant_id = $1) AND state <> 'deleted' \
          AND (created_at > $2 OR (created_at = $2 AND id > $3)) ORDER BY created_at, id LIMIT $4"
     );
-    Ok(on_db!(db, p => sqlx::query_as::<_, VpsRow>(&sql)
-        .bind(tenant).bind(after.created_at).bind(&after.id).bind(limit).fetch_all(p).await)?)
+    match db {
+        Db::Sqlite(pool, _) => {
+            // sqlx hands SQLite rows over one at a time from a connection thread; a page
+            // comes back as one JSON document instead (listing is the busiest read).
+            let object = VPS_COLUMNS
+                .split(',')
+                .map(|c| format!("'{0}', {0}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // The aggregate's own ORDER BY (SQLite >= 3.44) keeps the page's order.
+            let sql = format!(
+                "SELECT json_group_array(json_object({object}) ORDER BY created_at, id) FROM ({page})"
+            );
+            let text: String = sqlx::query_scalar(&sql)
+                .bind(tenant)
+                .bind(after.created_at)
+                .bind(&after.id)
+                .bind(limit)
+                .fetch_one(pool)
+                .await?;
+            serde_json::from_str(&text).map_err(|e| StoreError::Decode(e.to_string()))
+        }
+        Db::Postgres(pool) => Ok(sqlx::query_as::<_, VpsRow>(&page)
+            .bind(tenant)
+            .bind(after.created_at)
+            .bind(&after.id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?),
+    }
+}
+
+/// SQLite's JSON has no booleans: 0 and 1 stand for them.
+fn bool_or_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum B {
+        Bool(bool),
+        Int(i64),
+    }
+    Ok(match B::deserialize(d)? {
+        B::Bool(b) => b,
+        B::Int(i) => i != 0,
+    })
 }
 
 /// Every VPS placed on a cluster (for the reconciler).

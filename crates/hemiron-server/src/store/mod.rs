@@ -57,6 +57,8 @@ pub enum StoreError {
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("database query failed")]
     Query(#[from] sqlx::Error),
+    #[error("cannot decode what the database returned: {0}")]
+    Decode(String),
 }
 
 impl StoreError {
