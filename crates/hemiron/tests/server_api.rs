@@ -609,3 +609,70 @@ fn users_are_kept_within_their_tenant_and_role() {
         }
     }
 }
+
+#[test]
+fn tls_serves_https_and_marks_cookies_secure() {
+    let server = Server::start_with_args(Backend::Sqlite, &["--tls"]);
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let ok = server.anon().post(
+        "/auth/login",
+        &json!({"username": "admin", "password": ADMIN_PASSWORD}),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let cookies: Vec<String> = ok
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        cookies.iter().all(|c| c.contains("; Secure")),
+        "{cookies:?}"
+    );
+    // Plain HTTP on that port is no API.
+    let plain = reqwest::blocking::get(server.url.replace("https://", "http://") + "/healthz");
+    assert!(plain.map(|r| r.status().as_u16() != 200).unwrap_or(true));
+}
+
+#[test]
+fn expired_tokens_are_refused() {
+    use hemiron_server::identity::crypto::sha256_hex;
+    use hemiron_server::store::identity::{self as store, TokenRow};
+    let server = Server::start(Backend::Postgres);
+    let me = server.admin().get("/auth/me").expect(200);
+    let user_id = me["user"]["id"].as_str().unwrap().to_string();
+    // A token that expired a second ago, written straight into the store.
+    let secret = "hmt_expired-token-for-the-test-0123456789abcdef";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = hemiron_server::store::Db::open(server.database.as_deref().unwrap())
+            .await
+            .unwrap();
+        let now = hemiron_server::store::now_ms();
+        let mut tx = db.begin().await.unwrap();
+        let t = TokenRow {
+            id: "expired".into(),
+            user_id,
+            name: "old".into(),
+            token_hash: sha256_hex(secret),
+            scopes: "*".into(),
+            expires_at: Some(now - 1000),
+            revoked_at: None,
+            last_used_at: None,
+            version: 1,
+            created_at: now - 10_000,
+        };
+        store::insert_token(&mut tx, &t).await.unwrap();
+        tx.commit().await.unwrap();
+        db.close().await;
+    });
+    server
+        .anon()
+        .with_token(secret)
+        .get("/auth/me")
+        .problem(401, "unauthenticated");
+}

@@ -133,10 +133,12 @@ fn vm_vps_lifecycle_placement_and_reconciler() {
 
     // Two VPSes of one anti-affinity group land on different nodes.
     let mut made = Vec::new();
-    for name in ["web1", "web2"] {
+    // web1 a linked clone (the default), web2 a full one.
+    for (name, clone) in [("web1", "linked"), ("web2", "full")] {
         let r = bob.post(
             "/vps",
-            &json!({"name": name, "plan": "tiny", "template": "guest", "ssh_keys": [pub1], "anti_affinity": "web"}),
+            &json!({"name": name, "plan": "tiny", "template": "guest", "ssh_keys": [pub1],
+                    "anti_affinity": "web", "clone": clone}),
         );
         assert_eq!(r.status, 201, "{}", r.body);
         assert_eq!(r.body["state"], "creating");
@@ -193,6 +195,46 @@ fn vm_vps_lifecycle_placement_and_reconciler() {
         .expect(202);
     assert_eq!(wait_job(&bob, &job)["state"], "succeeded");
 
+    // Resize to a bigger plan: the quota is charged the difference, the VM gets it.
+    admin
+        .post(
+            "/plans",
+            &json!({"name": "bigger", "vcpus": 2, "memory_mib": 256, "disk_gib": 2}),
+        )
+        .expect(201);
+    let etag = bob.get(&format!("/vps/{id1}")).etag();
+    let r = bob.patch(&format!("/vps/{id1}"), &etag, &json!({"plan": "bigger"}));
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(wait_job(&bob, &r.body["job"])["state"], "succeeded");
+    let used = bob.get(&format!("/tenants/{tid}")).expect(200);
+    assert_eq!(
+        used["used"],
+        json!({"vcpus": 3, "memory_mib": 384, "disk_gib": 3, "vms": 2})
+    );
+    let n1_name = web1["node"].as_str().unwrap().to_string();
+    let a1 = if n1_name == "n1" { &n1 } else { &n2 };
+    let vmid1 = web1["vmid"].as_u64().unwrap();
+    let cfg = a1
+        .api()
+        .get(&format!("/nodes/{n1_name}/qemu/{vmid1}/config"), &[])
+        .ok();
+    assert_eq!(cfg["cores"], 2, "{cfg}");
+    assert!(cfg["scsi0"].as_str().unwrap().contains("size=2G"), "{cfg}");
+    // A reboot (it applies the new size) and the guest answers SSH again. The guest must be
+    // up to act on the ACPI button (as on Proxmox): wait until it answers first.
+    wait_for("ssh before the reboot", Duration::from_secs(120), || {
+        ssh_hostname(&ssh, &key1)
+    });
+    let job = bob
+        .post(&format!("/vps/{id1}/reboot"), &json!({}))
+        .expect(202);
+    let done = wait_job(&bob, &job);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let host = wait_for("ssh after the reboot", Duration::from_secs(120), || {
+        ssh_hostname(&ssh, &key1)
+    });
+    assert_eq!(host, "web1");
+
     // Stopped behind the control plane's back: the reconciler notices within 2 intervals.
     let (node, vmid) = (
         web2["node"].as_str().unwrap().to_string(),
@@ -223,6 +265,33 @@ fn vm_vps_lifecycle_placement_and_reconciler() {
             .unwrap()
             .iter()
             .any(|e| e["kind"] == "vps.power"),
+        "{events}"
+    );
+    // Resized behind its back: recorded as drift, not reverted.
+    agent
+        .api()
+        .put(
+            &format!("/nodes/{node}/qemu/{vmid}/config"),
+            &[("memory", "192")],
+        )
+        .ok();
+    wait_for(
+        "reconciler to see the drift",
+        Duration::from_secs(6),
+        || {
+            let v = bob.get(&format!("/vps/{id2}")).expect(200);
+            (v["drift"]["memory_mib"]["observed"] == 192).then_some(())
+        },
+    );
+    let v = bob.get(&format!("/vps/{id2}")).expect(200);
+    assert_eq!(v["memory_mib"], 128, "the VPS keeps its plan's size: {v}");
+    let events = bob.get(&format!("/vps/{id2}/events")).expect(200);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "vps.drift"),
         "{events}"
     );
     // Deleted behind its back: the VPS shows as missing, with an event.
