@@ -13,9 +13,10 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::control::{Backend, Client, Server, BACKENDS};
-use hemiron_server::store::fleet::{self, ClusterRow, NodeRow, TemplateRow, VpsRow};
-use hemiron_server::store::jobs::{self as jobstore, JobRow};
-use hemiron_server::store::tenancy::{self, TenantRow};
+use common::rows;
+use hemiron_server::store::fleet::{self, TemplateRow};
+use hemiron_server::store::jobs as jobstore;
+use hemiron_server::store::tenancy;
 use hemiron_server::store::{now_ms, Db};
 use serde_json::{json, Value};
 
@@ -264,59 +265,26 @@ async fn seed(
     let mut tx = db.begin().await.unwrap();
     let mut tenants = Vec::new();
     for name in ["own", "other"] {
-        let t = TenantRow {
-            id: format!("tenant-{name}"),
-            name: name.into(),
-            quota_vcpus: 1000,
-            quota_memory_mib: 1 << 30,
-            quota_disk_gib: 100_000,
-            quota_vms: 1000,
-            // What the seeded VPSes use.
-            used_vcpus: SEEDED_VPS,
-            used_memory_mib: SEEDED_VPS * 128,
-            used_disk_gib: SEEDED_VPS,
-            used_vms: SEEDED_VPS,
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
+        // Using what the seeded VPSes use.
+        let t = rows::tenant(&format!("tenant-{name}"), name, 1000, SEEDED_VPS);
         tenancy::insert_tenant(&mut tx, &t).await.unwrap();
         tenants.push(t.id);
     }
     let mut clusters = Vec::new();
     for i in 0..CASES_PER_OP + 1 {
-        let c = ClusterRow {
-            id: format!("cluster-{i}"),
-            name: format!("c{i}"),
-            endpoint: "http://127.0.0.1:9".into(),
-            token_id: "root@pam!x".into(),
-            token_secret: "x".into(),
-            fingerprint: None,
-            status: "online".into(),
-            last_error: None,
-            last_seen_at: Some(now),
-            version: 1,
-            created_at: now + i64::try_from(i).unwrap(),
-            updated_at: now,
-        };
+        let mut c = rows::cluster(
+            &format!("cluster-{i}"),
+            &format!("c{i}"),
+            "http://127.0.0.1:9",
+            "root@pam!x",
+            "x",
+        );
+        c.created_at = now + i64::try_from(i).unwrap();
         fleet::insert_cluster(&mut tx, &c).await.unwrap();
         clusters.push(c.id);
     }
     tx.commit().await.unwrap();
-    let node = NodeRow {
-        id: "node-0".into(),
-        cluster_id: "cluster-0".into(),
-        name: "n1".into(),
-        status: "online".into(),
-        accel: Some("tcg".into()),
-        cpus: 1000,
-        memory_mib: 1 << 30,
-        reserved_vcpus: 0,
-        reserved_memory_mib: 0,
-        reserved_disk_gib: 0,
-        maintenance: false,
-        updated_at: now,
-    };
+    let node = rows::node("node-0", "cluster-0", "n1", 1000, 1 << 30);
     fleet::upsert_node(&db, &node).await.unwrap();
     let template = TemplateRow {
         id: "cluster-0:9000".into(),
@@ -334,55 +302,28 @@ async fn seed(
     let mut tx = db.begin().await.unwrap();
     for (t, tenant) in tenants.iter().enumerate() {
         for i in 0..CASES_PER_OP * 8 {
-            let v = VpsRow {
-                id: format!("vps-{t}-{i}"),
-                tenant_id: tenant.clone(),
-                name: format!("seeded{i}"),
-                plan_id: None,
-                template: "guest".into(),
-                vcpus: 1,
-                memory_mib: 128,
-                disk_gib: 1,
-                username: "hemiron".into(),
-                ssh_keys: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA x".into(),
-                full_clone: false,
-                anti_affinity: None,
-                cluster_id: Some("cluster-0".into()),
-                node: Some("n1".into()),
-                vmid: Some(100 + i64::try_from(i).unwrap()),
-                state: "running".into(),
-                power: "running".into(),
-                ssh_address: None,
-                web_address: None,
-                drift: None,
-                last_error: None,
-                version: 1,
-                created_at: now,
-                updated_at: now,
-            };
+            let vmid = 100 + i64::try_from(i).unwrap();
+            let v = rows::vps(
+                &format!("vps-{t}-{i}"),
+                tenant,
+                &format!("seeded{i}"),
+                "running",
+                vmid,
+                now,
+            );
             fleet::insert_vps(&mut tx, &v).await.unwrap();
             vps.push((tenant.clone(), v.id.clone()));
         }
         for i in 0..CASES_PER_OP {
-            let j = JobRow {
-                id: format!("job-{t}-{i}"),
-                kind: "vps.start".into(),
-                tenant_id: Some(tenant.clone()),
-                vps_id: Some(format!("vps-{t}-0")),
-                state: "succeeded".into(),
-                step: "done".into(),
-                payload: "\"start\"".into(),
-                checkpoint: "{}".into(),
-                error: None,
-                attempts: 1,
-                lease_owner: None,
-                lease_until: None,
-                fence: 1,
-                run_after: now,
-                created_at: now,
-                updated_at: now,
-                finished_at: Some(now),
-            };
+            let j = rows::job(
+                &format!("job-{t}-{i}"),
+                "vps.start",
+                tenant,
+                &format!("vps-{t}-0"),
+                "succeeded",
+                "\"start\"",
+                now,
+            );
             jobstore::insert(&mut tx, &j).await.unwrap();
             jobs.push((tenant.clone(), j.id));
         }

@@ -11,10 +11,11 @@ mod common;
 use std::time::Duration;
 
 use common::control::{fresh_postgres, Backend, Server};
+use common::rows;
 use common::{create_vm, wait_for, Agent};
-use hemiron_server::store::fleet::{self, ClusterRow, NodeRow, VpsRow};
-use hemiron_server::store::jobs::{self, JobRow};
-use hemiron_server::store::tenancy::{self, TenantRow};
+use hemiron_server::store::fleet;
+use hemiron_server::store::jobs;
+use hemiron_server::store::tenancy;
 use hemiron_server::store::{now_ms, Db};
 use serde_json::json;
 
@@ -26,102 +27,43 @@ fn seed(url: &str, agent: &Agent) {
         let db = Db::open(url).await.unwrap();
         let now = now_ms();
         let mut tx = db.begin().await.unwrap();
-        let tenant = TenantRow {
-            id: "tenant-acme".into(),
-            name: "acme".into(),
-            quota_vcpus: 1000,
-            quota_memory_mib: 1 << 30,
-            quota_disk_gib: 100_000,
-            quota_vms: 1000,
-            used_vcpus: JOBS as i64,
-            used_memory_mib: JOBS as i64 * 128,
-            used_disk_gib: JOBS as i64,
-            used_vms: JOBS as i64,
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
+        let tenant = rows::tenant("tenant-acme", "acme", 1000, JOBS as i64);
         tenancy::insert_tenant(&mut tx, &tenant).await.unwrap();
-        let cluster = ClusterRow {
-            id: "cluster-0".into(),
-            name: "c0".into(),
-            endpoint: agent.url.trim().to_string(),
-            token_id: "root@pam!test".into(),
-            token_secret: agent.token.clone(),
-            fingerprint: None,
-            status: "online".into(),
-            last_error: None,
-            last_seen_at: Some(now),
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
+        let cluster = rows::cluster(
+            "cluster-0",
+            "c0",
+            agent.url.trim(),
+            "root@pam!test",
+            &agent.token,
+        );
         fleet::insert_cluster(&mut tx, &cluster).await.unwrap();
+        let resize = json!({"vcpus": 1, "memory_mib": 128, "disk_gib": 1}).to_string();
         for i in 0..JOBS {
-            let v = VpsRow {
-                id: format!("vps-{i}"),
-                tenant_id: tenant.id.clone(),
-                name: format!("v{i}"),
-                plan_id: None,
-                template: "guest".into(),
-                vcpus: 1,
-                memory_mib: 128,
-                disk_gib: 1,
-                username: "hemiron".into(),
-                ssh_keys: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA x".into(),
-                full_clone: false,
-                anti_affinity: None,
-                cluster_id: Some("cluster-0".into()),
-                node: Some("n1".into()),
-                vmid: Some(100),
-                state: "stopped".into(),
-                power: "stopped".into(),
-                ssh_address: None,
-                web_address: None,
-                drift: None,
-                last_error: None,
-                version: 1,
-                created_at: now + i as i64,
-                updated_at: now,
-            };
+            // Every VPS points at the one VM: resizing it to its own size is harmless.
+            let v = rows::vps(
+                &format!("vps-{i}"),
+                &tenant.id,
+                &format!("v{i}"),
+                "stopped",
+                100,
+                now + i as i64,
+            );
             fleet::insert_vps(&mut tx, &v).await.unwrap();
-            let j = JobRow {
-                id: format!("job-{i}"),
-                kind: "vps.resize".into(),
-                tenant_id: Some(tenant.id.clone()),
-                vps_id: Some(v.id.clone()),
-                state: "queued".into(),
-                step: "start".into(),
-                payload: json!({"vcpus": 1, "memory_mib": 128, "disk_gib": 1}).to_string(),
-                checkpoint: "{}".into(),
-                error: None,
-                attempts: 0,
-                lease_owner: None,
-                lease_until: None,
-                fence: 0,
-                run_after: now,
-                created_at: now + i as i64,
-                updated_at: now,
-                finished_at: None,
-            };
+            let j = rows::job(
+                &format!("job-{i}"),
+                "vps.resize",
+                &tenant.id,
+                &v.id,
+                "queued",
+                &resize,
+                now + i as i64,
+            );
             jobs::insert(&mut tx, &j).await.unwrap();
         }
         tx.commit().await.unwrap();
-        let node = NodeRow {
-            id: "node-0".into(),
-            cluster_id: "cluster-0".into(),
-            name: "n1".into(),
-            status: "online".into(),
-            accel: Some("tcg".into()),
-            cpus: 2,
-            memory_mib: 4096,
-            reserved_vcpus: 0,
-            reserved_memory_mib: 0,
-            reserved_disk_gib: 0,
-            maintenance: false,
-            updated_at: now,
-        };
-        fleet::upsert_node(&db, &node).await.unwrap();
+        fleet::upsert_node(&db, &rows::node("node-0", "cluster-0", "n1", 2, 4096))
+            .await
+            .unwrap();
         db.close().await;
     });
 }

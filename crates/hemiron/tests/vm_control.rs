@@ -42,6 +42,15 @@ fn register(admin: &Client, agent: &Agent, name: &str) {
     assert_eq!(r.body["status"], "online", "{}", r.body);
 }
 
+/// Asserts that the VPS has an event of this kind.
+fn assert_event(client: &Client, vps: &str, kind: &str) {
+    let events = client.get(&format!("/vps/{vps}/events")).expect(200);
+    assert!(
+        events.as_array().unwrap().iter().any(|e| e["kind"] == kind),
+        "no {kind} event: {events}"
+    );
+}
+
 /// Waits for a job to end; returns it.
 fn wait_job(client: &Client, job: &Value) -> Value {
     let id = job["id"].as_str().unwrap().to_string();
@@ -258,15 +267,7 @@ fn vm_vps_lifecycle_placement_and_reconciler() {
         },
     );
     assert!(seen.elapsed() <= Duration::from_secs(6));
-    let events = bob.get(&format!("/vps/{id2}/events")).expect(200);
-    assert!(
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "vps.power"),
-        "{events}"
-    );
+    assert_event(&bob, &id2, "vps.power");
     // Resized behind its back: recorded as drift, not reverted.
     agent
         .api()
@@ -285,15 +286,7 @@ fn vm_vps_lifecycle_placement_and_reconciler() {
     );
     let v = bob.get(&format!("/vps/{id2}")).expect(200);
     assert_eq!(v["memory_mib"], 128, "the VPS keeps its plan's size: {v}");
-    let events = bob.get(&format!("/vps/{id2}/events")).expect(200);
-    assert!(
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "vps.drift"),
-        "{events}"
-    );
+    assert_event(&bob, &id2, "vps.drift");
     // Deleted behind its back: the VPS shows as missing, with an event.
     agent
         .api()
@@ -306,15 +299,7 @@ fn vm_vps_lifecycle_placement_and_reconciler() {
             (v["state"] == "missing").then_some(())
         },
     );
-    let events = bob.get(&format!("/vps/{id2}/events")).expect(200);
-    assert!(
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "vps.missing"),
-        "{events}"
-    );
+    assert_event(&bob, &id2, "vps.missing");
 
     // The server restarts; it finds everything where it was.
     server.kill9();

@@ -319,29 +319,15 @@ impl Client {
 /// `small`. Nothing answers at the cluster's address: with `--workers 0` the jobs stay
 /// queued, which is all the API tests need.
 pub fn seed_placeable(url: &str, vms: i64) -> String {
-    use hemiron_server::store::fleet::{self, ClusterRow, NodeRow, TemplateRow};
-    use hemiron_server::store::tenancy::{self, PlanRow, TenantRow};
+    use hemiron_server::store::fleet::{self, TemplateRow};
+    use hemiron_server::store::tenancy::{self, PlanRow};
     use hemiron_server::store::{now_ms, Db};
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let db = Db::open(url).await.unwrap();
         let now = now_ms();
         let mut tx = db.begin().await.unwrap();
-        let tenant = TenantRow {
-            id: "tenant-acme".into(),
-            name: "acme".into(),
-            quota_vcpus: 1000,
-            quota_memory_mib: 1 << 30,
-            quota_disk_gib: 100_000,
-            quota_vms: vms,
-            used_vcpus: 0,
-            used_memory_mib: 0,
-            used_disk_gib: 0,
-            used_vms: 0,
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
+        let tenant = super::rows::tenant("tenant-acme", "acme", vms, 0);
         tenancy::insert_tenant(&mut tx, &tenant).await.unwrap();
         let plan = PlanRow {
             id: "plan-small".into(),
@@ -354,36 +340,11 @@ pub fn seed_placeable(url: &str, vms: i64) -> String {
             updated_at: now,
         };
         tenancy::insert_plan(&mut tx, &plan).await.unwrap();
-        let cluster = ClusterRow {
-            id: "cluster-0".into(),
-            name: "c0".into(),
-            endpoint: "http://127.0.0.1:9".into(),
-            token_id: "root@pam!x".into(),
-            token_secret: "x".into(),
-            fingerprint: None,
-            status: "online".into(),
-            last_error: None,
-            last_seen_at: Some(now),
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
+        let cluster =
+            super::rows::cluster("cluster-0", "c0", "http://127.0.0.1:9", "root@pam!x", "x");
         fleet::insert_cluster(&mut tx, &cluster).await.unwrap();
         tx.commit().await.unwrap();
-        let node = NodeRow {
-            id: "node-0".into(),
-            cluster_id: "cluster-0".into(),
-            name: "n1".into(),
-            status: "online".into(),
-            accel: Some("tcg".into()),
-            cpus: 1000,
-            memory_mib: 1 << 30,
-            reserved_vcpus: 0,
-            reserved_memory_mib: 0,
-            reserved_disk_gib: 0,
-            maintenance: false,
-            updated_at: now,
-        };
+        let node = super::rows::node("node-0", "cluster-0", "n1", 1000, 1 << 30);
         fleet::upsert_node(&db, &node).await.unwrap();
         let template = TemplateRow {
             id: "cluster-0:9000".into(),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod control;
+pub mod rows;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
