@@ -132,14 +132,27 @@ impl Claim {
     }
 }
 
-/// A test hook: with `HEMIRON_TEST_CRASH_AT=KIND:STEP` in the environment, the process dies
-/// (as `kill -9` would) right after a job of that kind records that step. The crash tests use
-/// it to stop the server at every step boundary.
+/// Test hooks at job step boundaries (`KIND:STEP`, e.g. `vps.create:configure`):
+/// `HEMIRON_TEST_CRASH_AT` makes the process die there (as `kill -9` would), right after the
+/// step is recorded; `HEMIRON_TEST_STALL_AT` makes the worker hang there for good, holding
+/// its job, so that a test can kill the server while it holds work. The crash tests use them.
 pub fn crash_point(at: &str) {
-    static WHERE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let target = WHERE.get_or_init(|| std::env::var("HEMIRON_TEST_CRASH_AT").ok());
-    if target.as_deref() == Some(at) {
+    static HOOKS: std::sync::OnceLock<(Option<String>, Option<String>)> =
+        std::sync::OnceLock::new();
+    let (crash, stall) = HOOKS.get_or_init(|| {
+        (
+            std::env::var("HEMIRON_TEST_CRASH_AT").ok(),
+            std::env::var("HEMIRON_TEST_STALL_AT").ok(),
+        )
+    });
+    if crash.as_deref() == Some(at) {
         tracing::error!(at, "HEMIRON_TEST_CRASH_AT reached: aborting");
         std::process::abort();
+    }
+    if stall.as_deref() == Some(at) {
+        tracing::error!(at, "HEMIRON_TEST_STALL_AT reached: this worker stops here");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
 }
