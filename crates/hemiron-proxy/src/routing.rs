@@ -1,0 +1,296 @@
+//! Which version serves a request.
+//!
+//! Precedence, as the research recommends: an explicit override (header or cookie, for QA) >
+//! the session's sticky version > the weights. Only versions that are *serving* (not
+//! draining after a rollback) and have a healthy endpoint are ever chosen; if the weights'
+//! choices have none healthy, any other healthy serving version takes the request.
+//!
+//! Weights are basis points (10,000 = 100%). A new session draws a *ticket* (a counter);
+//! `ticket × 7919 mod 10,000` walks every bucket of 0..10,000 once per 10,000 tickets (7919 is
+//! coprime with 10,000) in a well-mixed order, so the shares are exact over every 10,000 new
+//! sessions and close to exact over any few hundred, with no randomness to be unlucky with.
+
+/// Basis points in 100%.
+pub const TOTAL: u32 = 10_000;
+const STRIDE: u64 = 7_919;
+
+/// Whether a version takes new work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Serving,
+    /// Rolled back or removed: no new requests, sessions pinned to it move.
+    Draining,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub id: String,
+    /// Share of new sessions, in basis points.
+    pub weight: u32,
+    pub state: State,
+    /// At least one endpoint passes its health checks.
+    pub healthy: bool,
+}
+
+/// Why a version was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Override,
+    Sticky,
+    Weighted,
+    /// The weights' choice had no healthy endpoint.
+    Fallback,
+}
+
+/// A routing decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision<'a> {
+    pub version: &'a Version,
+    pub reason: Reason,
+}
+
+impl Decision<'_> {
+    /// Whether the response should (re)set the session's sticky cookie: the session was not
+    /// on this version yet.
+    pub fn pin(&self) -> bool {
+        matches!(self.reason, Reason::Weighted | Reason::Fallback)
+    }
+}
+
+/// A table that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("no versions")]
+    Empty,
+    #[error("version {0:?} appears twice")]
+    Duplicate(String),
+    #[error("the weights of serving versions add up to {0}, not 10000 basis points")]
+    Weights(u64),
+    #[error("draining version {0:?} has a weight")]
+    DrainingWeight(String),
+}
+
+/// An immutable routing table (swapped whole when anything changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    versions: Vec<Version>,
+    /// Incremented by every change, for logs and metrics.
+    pub generation: u64,
+}
+
+/// What the request says about its version.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ask<'a> {
+    /// `x-hemiron-version` header or override cookie.
+    pub override_version: Option<&'a str>,
+    /// The version a verified sticky cookie names.
+    pub sticky: Option<&'a str>,
+}
+
+impl Table {
+    pub fn new(versions: Vec<Version>, generation: u64) -> Result<Table, TableError> {
+        if versions.is_empty() {
+            return Err(TableError::Empty);
+        }
+        for (i, v) in versions.iter().enumerate() {
+            if versions[..i].iter().any(|o| o.id == v.id) {
+                return Err(TableError::Duplicate(v.id.clone()));
+            }
+            if v.state == State::Draining && v.weight > 0 {
+                return Err(TableError::DrainingWeight(v.id.clone()));
+            }
+        }
+        let sum: u64 = versions.iter().map(|v| u64::from(v.weight)).sum();
+        if sum != u64::from(TOTAL) {
+            return Err(TableError::Weights(sum));
+        }
+        Ok(Table {
+            versions,
+            generation,
+        })
+    }
+
+    pub fn versions(&self) -> &[Version] {
+        &self.versions
+    }
+
+    fn usable(&self, id: &str) -> Option<&Version> {
+        self.versions
+            .iter()
+            .find(|v| v.id == id && v.state == State::Serving && v.healthy)
+    }
+
+    /// The version for a request; `ticket` numbers new sessions (a shared counter).
+    pub fn choose(&self, ask: Ask<'_>, ticket: u64) -> Option<Decision<'_>> {
+        if let Some(v) = ask.override_version.and_then(|id| self.usable(id)) {
+            return Some(Decision {
+                version: v,
+                reason: Reason::Override,
+            });
+        }
+        if let Some(v) = ask.sticky.and_then(|id| self.usable(id)) {
+            return Some(Decision {
+                version: v,
+                reason: Reason::Sticky,
+            });
+        }
+        // Weighted among the healthy serving versions with a weight, shares renormalized.
+        let eligible = || {
+            self.versions
+                .iter()
+                .filter(|v| v.state == State::Serving && v.healthy && v.weight > 0)
+        };
+        let total: u64 = eligible().map(|v| u64::from(v.weight)).sum();
+        if total > 0 {
+            let bucket = ticket.wrapping_mul(STRIDE) % u64::from(TOTAL);
+            let point = bucket * total / u64::from(TOTAL);
+            let mut acc = 0u64;
+            for v in eligible() {
+                acc += u64::from(v.weight);
+                if point < acc {
+                    return Some(Decision {
+                        version: v,
+                        reason: Reason::Weighted,
+                    });
+                }
+            }
+        }
+        // Nothing weighted is healthy: any healthy serving version, the heaviest first.
+        self.versions
+            .iter()
+            .filter(|v| v.state == State::Serving && v.healthy)
+            .max_by_key(|v| v.weight)
+            .map(|v| Decision {
+                version: v,
+                reason: Reason::Fallback,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn v(id: &str, weight: u32) -> Version {
+        Version {
+            id: id.into(),
+            weight,
+            state: State::Serving,
+            healthy: true,
+        }
+    }
+
+    fn shares(t: &Table, n: u64) -> Vec<u64> {
+        let mut counts = vec![0u64; t.versions().len()];
+        for ticket in 0..n {
+            let d = t.choose(Ask::default(), ticket).unwrap();
+            let i = t
+                .versions()
+                .iter()
+                .position(|x| x.id == d.version.id)
+                .unwrap();
+            counts[i] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn ten_thousand_new_sessions_at_ten_percent() {
+        let t = Table::new(vec![v("stable", 9000), v("canary", 1000)], 1).unwrap();
+        assert_eq!(shares(&t, 10_000), [9000, 1000]);
+        // Any stretch of a few hundred is close too.
+        let c = (5_000..5_300u64)
+            .filter(|k| t.choose(Ask::default(), *k).unwrap().version.id == "canary")
+            .count();
+        assert!((24..=36).contains(&c), "{c} of 300");
+    }
+
+    #[test]
+    fn precedence_override_then_sticky_then_weights() {
+        let t = Table::new(vec![v("a", 10_000), v("b", 0)], 1).unwrap();
+        let d = t
+            .choose(
+                Ask {
+                    override_version: Some("b"),
+                    sticky: Some("a"),
+                },
+                0,
+            )
+            .unwrap();
+        assert_eq!((d.version.id.as_str(), d.reason), ("b", Reason::Override));
+        let d = t
+            .choose(
+                Ask {
+                    override_version: Some("zzz"),
+                    sticky: Some("b"),
+                },
+                0,
+            )
+            .unwrap();
+        assert_eq!((d.version.id.as_str(), d.reason), ("b", Reason::Sticky));
+        assert!(!d.pin());
+        let d = t.choose(Ask::default(), 0).unwrap();
+        assert_eq!((d.version.id.as_str(), d.reason), ("a", Reason::Weighted));
+        assert!(d.pin());
+    }
+
+    #[test]
+    fn draining_and_unhealthy_versions_are_never_chosen_while_another_can_serve() {
+        let mut bad = v("bad", 0);
+        bad.state = State::Draining;
+        let t = Table::new(vec![v("good", 10_000), bad], 2).unwrap();
+        let d = t
+            .choose(
+                Ask {
+                    override_version: Some("bad"),
+                    sticky: Some("bad"),
+                },
+                7,
+            )
+            .unwrap();
+        assert_eq!(
+            d.version.id, "good",
+            "sessions pinned to a drained version move"
+        );
+        assert!(d.pin(), "and get a new cookie");
+
+        let mut sick = v("canary", 1000);
+        sick.healthy = false;
+        let t = Table::new(vec![v("stable", 9000), sick], 3).unwrap();
+        assert_eq!(shares(&t, 10_000), [10_000, 0]);
+        let mut all_sick = v("stable", 10_000);
+        all_sick.healthy = false;
+        let mut spare = v("spare", 0);
+        spare.healthy = true;
+        let t = Table::new(vec![all_sick, spare], 4).unwrap();
+        let d = t.choose(Ask::default(), 1).unwrap();
+        assert_eq!(
+            (d.version.id.as_str(), d.reason),
+            ("spare", Reason::Fallback)
+        );
+    }
+
+    #[test]
+    fn bad_tables_are_refused() {
+        assert_eq!(Table::new(vec![], 0), Err(TableError::Empty));
+        assert_eq!(
+            Table::new(vec![v("a", 5000)], 0),
+            Err(TableError::Weights(5000))
+        );
+        assert_eq!(
+            Table::new(vec![v("a", 5000), v("a", 5000)], 0),
+            Err(TableError::Duplicate("a".into()))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn shares_are_exact_over_ten_thousand(cut in 0u32..=10_000, cut2 in 0u32..=10_000) {
+            let (lo, hi) = (cut.min(cut2), cut.max(cut2));
+            let t = Table::new(vec![v("a", lo), v("b", hi - lo), v("c", TOTAL - hi)], 1).unwrap();
+            let s = shares(&t, 10_000);
+            prop_assert_eq!(s, vec![u64::from(lo), u64::from(hi - lo), u64::from(TOTAL - hi)]);
+        }
+    }
+}
