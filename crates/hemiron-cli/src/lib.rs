@@ -324,20 +324,37 @@ async fn login(g: &Global, a: LoginArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The items of a page.
+fn items(page: &Value) -> impl Iterator<Item = &Value> {
+    page["items"].as_array().into_iter().flatten()
+}
+
+fn not_found(what: &str, r: &str) -> CliError {
+    CliError::Api {
+        status: 404,
+        kind: "/problems/not-found".into(),
+        detail: format!("no {what} {r:?}"),
+    }
+}
+
+/// The id of the item of `path`'s first page whose id or `name_field` is `r`.
+async fn id_by_name(
+    api: &Api,
+    path: &str,
+    name_field: &str,
+    what: &str,
+    r: &str,
+) -> Result<String, CliError> {
+    let page = api.get(path).await?;
+    let id = items(&page)
+        .find(|x| x["id"] == r || x[name_field] == r)
+        .and_then(|x| x["id"].as_str().map(str::to_string));
+    id.ok_or_else(|| not_found(what, r))
+}
+
 /// A tenant's id from its id or name.
 async fn tenant_id(api: &Api, r: &str) -> Result<String, CliError> {
-    let page = api.get("/tenants?limit=500").await?;
-    page["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|t| t["id"] == r || t["name"] == r)
-        .and_then(|t| t["id"].as_str().map(str::to_string))
-        .ok_or_else(|| CliError::Api {
-            status: 404,
-            kind: "/problems/not-found".into(),
-            detail: format!("no tenant {r:?}"),
-        })
+    id_by_name(api, "/tenants?limit=500", "name", "tenant", r).await
 }
 
 /// A VPS's id from its id or name (names must be unique among the VPSes you see).
@@ -350,7 +367,7 @@ async fn vps_id(api: &Api, r: &str) -> Result<String, CliError> {
             None => "/vps?limit=500".into(),
         };
         let page = api.get(&path).await?;
-        for v in page["items"].as_array().into_iter().flatten() {
+        for v in items(&page) {
             if v["id"] == r || v["name"] == r {
                 found.push(v["id"].as_str().unwrap_or_default().to_string());
             }
@@ -362,11 +379,7 @@ async fn vps_id(api: &Api, r: &str) -> Result<String, CliError> {
     }
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(CliError::Api {
-            status: 404,
-            kind: "/problems/not-found".into(),
-            detail: format!("no VPS {r:?}"),
-        }),
+        0 => Err(not_found("VPS", r)),
         _ => Err(CliError::Usage(format!(
             "{r:?} names several VPSes: use an id"
         ))),
@@ -408,10 +421,7 @@ async fn follow(g: &Global, api: &Api, job: &Value) -> Result<Value, CliError> {
 }
 
 fn vps_table(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = items(v)
         .map(|x| {
             vec![
                 s(x, "id"),
@@ -560,10 +570,7 @@ async fn tenant(g: &Global, cmd: TenantCommand) -> Result<(), CliError> {
         TenantCommand::List => {
             let v = api.get("/tenants?limit=500").await?;
             print(g, &v, |v| {
-                let rows: Vec<Vec<String>> = v["items"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = items(v)
                     .map(|t| {
                         let q = &t["quota"];
                         let u = &t["used"];
@@ -623,10 +630,7 @@ async fn user(g: &Global, cmd: UserCommand) -> Result<(), CliError> {
             };
             let v = api.get(&path).await?;
             print(g, &v, |v| {
-                let rows: Vec<Vec<String>> = v["items"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = items(v)
                     .map(|u| {
                         vec![
                             s(u, "id"),
@@ -660,18 +664,7 @@ async fn user(g: &Global, cmd: UserCommand) -> Result<(), CliError> {
             Ok(())
         }
         UserCommand::Delete { user } => {
-            let page = api.get("/users?limit=500").await?;
-            let id = page["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|u| u["id"] == user.as_str() || u["username"] == user.as_str())
-                .map(|u| s(u, "id"))
-                .ok_or_else(|| CliError::Api {
-                    status: 404,
-                    kind: "/problems/not-found".into(),
-                    detail: format!("no user {user:?}"),
-                })?;
+            let id = id_by_name(&api, "/users?limit=500", "username", "user", &user).await?;
             api.delete_current(&format!("/users/{id}")).await?;
             Ok(())
         }
@@ -684,10 +677,7 @@ async fn token(g: &Global, cmd: TokenCommand) -> Result<(), CliError> {
         TokenCommand::List => {
             let v = api.get("/tokens?limit=500").await?;
             print(g, &v, |v| {
-                let rows: Vec<Vec<String>> = v["items"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = items(v)
                     .map(|t| {
                         vec![
                             s(t, "id"),

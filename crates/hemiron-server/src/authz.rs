@@ -130,6 +130,16 @@ pub enum Owner<'a> {
     Own,
 }
 
+impl Owner<'_> {
+    /// The owner of objects of `tenant` (platform objects for `None`).
+    pub fn of(tenant: Option<&str>) -> Owner<'_> {
+        match tenant {
+            Some(t) => Owner::Tenant(t),
+            None => Owner::Platform,
+        }
+    }
+}
+
 /// An API token's scopes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Scopes(BTreeSet<(Area, Access)>);
@@ -241,6 +251,16 @@ pub enum Via {
 }
 
 impl Principal {
+    /// The tenant a listing covers: a tenant user's own, whatever was asked; for platform
+    /// users, the one asked for (`None`: every tenant).
+    pub fn listing_scope<'a>(&'a self, asked: Option<&'a str>) -> Option<&'a str> {
+        if self.role.is_tenant_role() {
+            self.tenant_id.as_deref()
+        } else {
+            asked
+        }
+    }
+
     /// The principal key idempotency records and audit entries use.
     pub fn key(&self) -> String {
         format!("user:{}", self.user_id)

@@ -1,6 +1,6 @@
 //! Tenants with quotas, plans (named VPS sizes), and reading the audit log.
 
-use crate::authz::{authorize, Access, Area, Owner, Role};
+use crate::authz::{authorize, Access, Area, Owner};
 use crate::error::{Problems, ServiceError};
 use crate::service::{Caller, Services};
 use crate::store::audit::{self, AuditRow};
@@ -72,14 +72,8 @@ pub async fn create_tenant(
         updated_at: now,
     };
     let mut tx = svc.db.begin().await?;
-    match store::insert_tenant(&mut tx, &t).await {
-        Err(e) if e.is_unique_violation() => {
-            return Err(ServiceError::Conflict(format!(
-                "a tenant named {name:?} already exists"
-            )))
-        }
-        r => r?,
-    }
+    let result = store::insert_tenant(&mut tx, &t).await.map(|()| true);
+    ServiceError::written(result, "tenant", name, 1)?;
     caller
         .commit(
             tx,
@@ -112,17 +106,10 @@ pub async fn list_tenants(
     limit: i64,
 ) -> Result<Vec<TenantRow>, ServiceError> {
     let who = caller.who()?;
-    if who.role.is_tenant_role() {
-        let Some(own) = who.tenant_id.as_deref() else {
-            return Ok(Vec::new());
-        };
-        authorize(who, Area::Tenants, Access::Read, Owner::Tenant(own))
-            .map_err(|d| ServiceError::denied(d, "tenant"))?;
-        return Ok(store::list_tenants(&svc.db, Some(own), after, limit).await?);
-    }
-    authorize(who, Area::Tenants, Access::Read, Owner::Platform)
+    let tenant = who.listing_scope(None);
+    authorize(who, Area::Tenants, Access::Read, Owner::of(tenant))
         .map_err(|d| ServiceError::denied(d, "tenant"))?;
-    Ok(store::list_tenants(&svc.db, None, after, limit).await?)
+    Ok(store::list_tenants(&svc.db, tenant, after, limit).await?)
 }
 
 /// Renames a tenant or changes its quotas (lowering a quota below what is in use is allowed:
@@ -260,14 +247,8 @@ pub async fn create_plan(
         updated_at: now,
     };
     let mut tx = svc.db.begin().await?;
-    match store::insert_plan(&mut tx, &plan).await {
-        Err(e) if e.is_unique_violation() => {
-            return Err(ServiceError::Conflict(format!(
-                "a plan named {name:?} already exists"
-            )))
-        }
-        r => r?,
-    }
+    let result = store::insert_plan(&mut tx, &plan).await.map(|()| true);
+    ServiceError::written(result, "plan", name, 1)?;
     caller
         .commit(
             tx,
@@ -385,13 +366,9 @@ pub async fn audit_log(
     limit: i64,
 ) -> Result<Vec<AuditRow>, ServiceError> {
     let who = caller.who()?;
-    let tenant = match (who.role, who.tenant_id.as_deref()) {
-        (Role::Admin, _) => None,
-        (_, Some(t)) => Some(t),
-        (_, None) => return Err(ServiceError::Forbidden),
-    };
-    let owner = tenant.map_or(Owner::Platform, Owner::Tenant);
-    authorize(who, Area::Audit, Access::Read, owner)
+    // An admin's covers everything; an operator's platform-wide read is refused by the role.
+    let tenant = who.listing_scope(None);
+    authorize(who, Area::Audit, Access::Read, Owner::of(tenant))
         .map_err(|d| ServiceError::denied(d, "audit log"))?;
     Ok(audit::list(&svc.db, tenant, before, limit).await?)
 }

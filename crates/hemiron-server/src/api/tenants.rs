@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use super::extract::{Authed, Body, IfMatch, Path, Query};
 use super::problem::{ApiError, Problem};
-use super::views::{cursor, AuditRecord, Page, PageQuery, Plan, Quota, Tenant};
+use super::views::{AuditRecord, Page, PageQuery, Plan, Quota, Tenant};
 use super::{created, tagged, AppState};
 use crate::tenancy::{self, Quotas, Size};
 
@@ -349,14 +349,10 @@ async fn audit_log(
     let limit = page.limit()?;
     let before = page.after()?.map(|a| (a.created_at, a.id));
     let rows = tenancy::audit_log(&app.svc, &caller, before, limit).await?;
-    let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= limit;
-    let next_cursor = if full {
-        rows.last().map(|r| cursor(r.at, &r.id))
-    } else {
-        None
-    };
-    Ok(axum::Json(Page {
-        items: rows.into_iter().map(AuditRecord::from).collect(),
-        next_cursor,
-    }))
+    Ok(axum::Json(Page::of(
+        rows,
+        limit,
+        |r| (r.at, r.id.clone()),
+        AuditRecord::from,
+    )))
 }

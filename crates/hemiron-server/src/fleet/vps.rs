@@ -358,16 +358,9 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<VpsRow>, ServiceError> {
     let who = caller.who()?;
-    let tenant = if who.role.is_tenant_role() {
-        who.tenant_id.as_deref()
-    } else {
-        tenant
-    };
-    match tenant {
-        Some(t) => authorize(who, Area::Vps, Access::Read, Owner::Tenant(t)),
-        None => authorize(who, Area::Vps, Access::Read, Owner::Platform),
-    }
-    .map_err(|d| ServiceError::denied(d, "tenant"))?;
+    let tenant = who.listing_scope(tenant);
+    authorize(who, Area::Vps, Access::Read, Owner::of(tenant))
+        .map_err(|d| ServiceError::denied(d, "tenant"))?;
     Ok(store::list_vps(&svc.db, tenant, after, limit).await?)
 }
 
@@ -582,10 +575,7 @@ pub async fn job(svc: &Services, caller: &Caller, id: &str) -> Result<JobRow, Se
     let j = jobs::job(&svc.db, id)
         .await?
         .ok_or(ServiceError::NotFound { what: "job" })?;
-    let owner = match &j.tenant_id {
-        Some(t) => Owner::Tenant(t),
-        None => Owner::Platform,
-    };
+    let owner = Owner::of(j.tenant_id.as_deref());
     let area = if j.vps_id.is_some() {
         Area::Vps
     } else {

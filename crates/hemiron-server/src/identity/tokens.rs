@@ -121,10 +121,7 @@ fn check(caller: &Caller, t: &TokenWithUser, access: Access) -> Result<(), Servi
     let owner = if t.token.user_id == who.user_id {
         Owner::Own
     } else {
-        match &t.tenant_id {
-            Some(tenant) => Owner::Tenant(tenant),
-            None => Owner::Platform,
-        }
+        Owner::of(t.tenant_id.as_deref())
     };
     // Someone else's token counts as that user's account.
     let area = if matches!(owner, Owner::Own) {

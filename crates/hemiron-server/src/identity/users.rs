@@ -63,13 +63,6 @@ pub fn check_password(password: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn owner_of(tenant: Option<&str>) -> Owner<'_> {
-    match tenant {
-        Some(t) => Owner::Tenant(t),
-        None => Owner::Platform,
-    }
-}
-
 /// Creates a user (no caller: the bootstrap admin, made by the server itself).
 pub async fn create(
     svc: &Services,
@@ -93,7 +86,7 @@ pub async fn create(
             who,
             Area::Users,
             Access::Write,
-            owner_of(new.tenant_id.as_deref()),
+            Owner::of(new.tenant_id.as_deref()),
         )
         .map_err(|d| ServiceError::denied(d, "tenant"))?;
     }
@@ -120,15 +113,8 @@ pub async fn create(
         updated_at: now,
     };
     let mut tx = svc.db.begin().await?;
-    match store::insert_user(&mut tx, &user).await {
-        Err(e) if e.is_unique_violation() => {
-            return Err(ServiceError::Conflict(format!(
-                "a user named {:?} already exists",
-                new.username
-            )))
-        }
-        r => r?,
-    }
+    let result = store::insert_user(&mut tx, &user).await.map(|()| true);
+    ServiceError::written(result, "user", &new.username, 1)?;
     caller
         .commit(
             tx,
@@ -152,7 +138,7 @@ pub async fn get(svc: &Services, caller: &Caller, id: &str) -> Result<UserRow, S
             who,
             Area::Users,
             Access::Read,
-            owner_of(user.tenant_id.as_deref()),
+            Owner::of(user.tenant_id.as_deref()),
         )
         .map_err(|d| ServiceError::denied(d, "user"))?;
     }
@@ -168,13 +154,8 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<UserRow>, ServiceError> {
     let who = caller.who()?;
-    // Tenant users see their own tenant only, whatever they ask for.
-    let tenant = if who.role.is_tenant_role() {
-        who.tenant_id.as_deref()
-    } else {
-        tenant
-    };
-    authorize(who, Area::Users, Access::Read, owner_of(tenant))
+    let tenant = who.listing_scope(tenant);
+    authorize(who, Area::Users, Access::Read, Owner::of(tenant))
         .map_err(|d| ServiceError::denied(d, "tenant"))?;
     Ok(store::list_users(&svc.db, tenant, after, limit).await?)
 }
@@ -206,7 +187,7 @@ pub async fn update(
         &who,
         Area::Users,
         Access::Write,
-        owner_of(user.tenant_id.as_deref()),
+        Owner::of(user.tenant_id.as_deref()),
     )
     .map_err(|d| ServiceError::denied(d, "user"))?;
     if let Some(role) = patch.role {
@@ -289,7 +270,7 @@ pub async fn delete(
         &who,
         Area::Users,
         Access::Write,
-        owner_of(user.tenant_id.as_deref()),
+        Owner::of(user.tenant_id.as_deref()),
     )
     .map_err(|d| ServiceError::denied(d, "user"))?;
     if user.version != version {
