@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod config;
+pub mod rollout;
 pub mod table;
 
 use std::io::IsTerminal;
@@ -230,6 +231,19 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Roll out a version through the deploy proxy (its admin API).
+    Rollout {
+        #[command(flatten)]
+        admin: rollout::ProxyAdmin,
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+    },
+    /// Put an app back on its previous stable version (or abort its rollout) at once.
+    Rollback {
+        app: String,
+        #[command(flatten)]
+        admin: rollout::ProxyAdmin,
+    },
 }
 
 fn api(g: &Global) -> Result<Api, CliError> {
@@ -286,6 +300,8 @@ pub async fn run(g: Global, cmd: ClientCommand) -> Result<(), CliError> {
         ClientCommand::Tenant { command } => tenant(&g, command).await,
         ClientCommand::User { command } => user(&g, command).await,
         ClientCommand::Token { command } => token(&g, command).await,
+        ClientCommand::Rollout { admin, command } => rollout::rollout(&g, &admin, command).await,
+        ClientCommand::Rollback { app, admin } => rollout::rollback(&g, &admin, &app).await,
     }
 }
 

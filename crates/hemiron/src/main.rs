@@ -38,6 +38,8 @@ enum Command {
     Up(up::UpArgs),
     /// Run the control plane (multi-tenant API over clusters of nodes).
     Server(ServerArgs),
+    /// Run the deploy proxy (versions, canary rollouts, instant rollback).
+    Proxy(ProxyArgs),
     #[command(flatten)]
     Client(hemiron_cli::ClientCommand),
     /// Build guest images.
@@ -113,6 +115,22 @@ struct ServerArgs {
     /// a job whose server died is taken over after this.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     job_lease: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+struct ProxyArgs {
+    /// The configuration file (TOML: listeners, certificates, apps and their versions).
+    #[arg(long)]
+    config: PathBuf,
+    /// Directory for the rollout state, the session-cookie key and the admin token.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Address of the admin API and /metrics (keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// File holding the admin bearer token (default: STATE_DIR/admin.token, made once).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +255,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// One worker: a current-thread runtime (no cross-thread wake-ups on the request path);
+/// more: a work-stealing one; 0: one worker per CPU.
+fn proxy_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let rt = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if workers > 1 {
+            b.worker_threads(workers);
+        }
+        b.enable_all().build()?
+    };
+    Ok(rt)
+}
+
 fn run(command: Command) -> anyhow::Result<()> {
     use anyhow::Context;
     match command {
@@ -261,6 +296,26 @@ fn run(command: Command) -> anyhow::Result<()> {
             command: Some(sub), ..
         }) => run_node_subcommand(sub),
         Command::Client(_) => Ok(()),
+        Command::Proxy(args) => {
+            let admin_token = match &args.admin_token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read {}", f.display()))?,
+                ),
+                None => None,
+            };
+            // The worker count is the configuration's: read it before building the runtime.
+            let config = hemiron_proxy::config::load(&args.config)?;
+            let rt = proxy_runtime(config.proxy.workers)?;
+            let opts = hemiron_proxy::ProxyOptions {
+                config: args.config,
+                state_dir: args.state_dir,
+                admin: args.admin,
+                admin_token,
+            };
+            rt.block_on(hemiron_proxy::run(opts, shutdown_signal()))?;
+            Ok(())
+        }
         Command::Up(args) => {
             let rt = runtime()?;
             up::run(args, &rt, shutdown_signal())

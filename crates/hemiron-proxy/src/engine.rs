@@ -1,0 +1,630 @@
+//! The rollout engine: owns the configuration, every app's rollout state and the version
+//! runtimes; turns them into [`Routes`] and publishes them with one atomic swap; persists the
+//! state; runs step timers, the canary analysis, health checks and drains.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tower::retry::budget::TpsBudget;
+
+use crate::config::{App, Config};
+use crate::metrics::{AnalysisFigures, Metrics, VerdictKind};
+use crate::rollout::{AppState, RolloutError, Strategy};
+use crate::routing::{State, Table, Version};
+use crate::runtime::{now_ms, AppRoute, AppShared, Routes, Spec, VersionRt};
+use crate::stats;
+use crate::sticky::Signer;
+
+/// What the data plane and the engine share.
+pub struct Shared {
+    pub routes: ArcSwap<Routes>,
+    pub metrics: Metrics,
+    /// The proxy's monotonic clock origin (see [`now_ms`]).
+    pub epoch: Instant,
+    pub retry_budget: TpsBudget,
+    pub access_log: Option<mpsc::UnboundedSender<String>>,
+    /// Woken when passive checks eject an endpoint, to republish at once.
+    pub health_changed: Notify,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared(..)")
+    }
+}
+
+/// The persisted part: every app's rollout state.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    apps: BTreeMap<String, AppState>,
+}
+
+/// Failure to read or write the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is damaged ({source}); move it away to start from the configuration")]
+    Damaged {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// An operation on an app's rollout.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Start { version: String, strategy: Strategy },
+    Promote,
+    Pause,
+    Resume,
+    Abort,
+    Rollback,
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The engine (behind one async mutex: operations are serialized).
+pub struct Engine {
+    config: Arc<Config>,
+    states: BTreeMap<String, AppState>,
+    runtimes: HashMap<(String, String), Arc<VersionRt>>,
+    apps_shared: HashMap<String, Arc<AppShared>>,
+    pub shared: Arc<Shared>,
+    signer: Signer,
+    generation: u64,
+    state_path: PathBuf,
+    /// When each app's current analysis interval began.
+    interval_start: HashMap<String, Instant>,
+    serving: HashSet<(String, String)>,
+    /// Last verdict per app, for status.
+    pub last_verdicts: HashMap<String, AnalysisFigures>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Engine(..)")
+    }
+}
+
+impl Engine {
+    /// Builds the engine from a configuration and the state directory's saved rollouts, and
+    /// publishes the first routes.
+    pub fn new(
+        config: Config,
+        state_dir: &Path,
+        signer: Signer,
+        metrics: Metrics,
+        access_log: Option<mpsc::UnboundedSender<String>>,
+    ) -> Result<Engine, StateError> {
+        let state_path = state_dir.join("rollouts.json");
+        let saved = match std::fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes).map_err(|source| {
+                StateError::Damaged {
+                    path: state_path.clone(),
+                    source,
+                }
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: state_path,
+                    source,
+                })
+            }
+        };
+        let settings = Arc::new(config.proxy.clone());
+        let shared = Arc::new(Shared {
+            routes: ArcSwap::from_pointee(Routes {
+                apps: Vec::new(),
+                settings: settings.clone(),
+                signer: signer.clone(),
+                generation: 0,
+            }),
+            metrics,
+            epoch: Instant::now(),
+            retry_budget: TpsBudget::new(
+                Duration::from_secs(10),
+                settings.retry_per_second,
+                settings.retry_ratio as f32,
+            ),
+            access_log,
+            health_changed: Notify::new(),
+        });
+        let mut engine = Engine {
+            config: Arc::new(config),
+            states: saved.apps,
+            runtimes: HashMap::new(),
+            apps_shared: HashMap::new(),
+            shared,
+            signer,
+            generation: 0,
+            state_path,
+            interval_start: HashMap::new(),
+            serving: HashSet::new(),
+            last_verdicts: HashMap::new(),
+        };
+        engine.reconcile_states();
+        engine.publish(None);
+        Ok(engine)
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn state(&self, app: &str) -> Option<&AppState> {
+        self.states.get(app)
+    }
+
+    pub fn runtime(&self, app: &str, version: &str) -> Option<&Arc<VersionRt>> {
+        self.runtimes.get(&(app.to_owned(), version.to_owned()))
+    }
+
+    /// Brings saved states in line with the configuration; returns the apps whose rollout
+    /// was aborted by it.
+    fn reconcile_states(&mut self) -> Vec<String> {
+        let now = unix_ms();
+        let names: HashSet<&str> = self.config.apps.iter().map(|a| a.name.as_str()).collect();
+        self.states.retain(|name, _| names.contains(name.as_str()));
+        let mut aborted = Vec::new();
+        for app in &self.config.apps {
+            let state = self
+                .states
+                .entry(app.name.clone())
+                .or_insert_with(|| AppState::new(app));
+            if state.reconcile(app, now).is_some() {
+                aborted.push(app.name.clone());
+            }
+        }
+        aborted
+    }
+
+    fn version_runtime(&mut self, app: &App, version: &crate::config::AppVersion) -> Arc<VersionRt> {
+        let key = (app.name.clone(), version.id.clone());
+        let spec = Spec::of(app, version);
+        if let Some(rt) = self.runtimes.get(&key) {
+            if rt.spec == spec {
+                return rt.clone();
+            }
+        }
+        let rt = Arc::new(VersionRt::new(
+            app,
+            version,
+            &self.config.proxy,
+            self.shared.metrics.version(&app.name, &version.id),
+        ));
+        if let Some(old) = self.runtimes.insert(key, rt.clone()) {
+            // Its endpoints changed: the old set finishes what it has, then goes away.
+            self.start_drain(old);
+        }
+        rt
+    }
+
+    /// Builds the routes from the configuration and states and stores them in one swap.
+    /// `arrived`: when the admin call that caused it arrived, for the switch histogram.
+    pub fn publish(&mut self, arrived: Option<Instant>) {
+        self.generation += 1;
+        let now = now_ms(self.shared.epoch);
+        let config = self.config.clone();
+        let mut apps = Vec::with_capacity(config.apps.len());
+        let mut serving = HashSet::new();
+        for app in &config.apps {
+            let Some(state) = self.states.get(&app.name) else {
+                continue;
+            };
+            let weights = state.weights();
+            let analysed = state.rollout.as_ref().filter(|_| app.analysis.enabled).map(|r| {
+                (
+                    r.version.clone(),
+                    r.baseline.clone().unwrap_or_else(|| state.stable.clone()),
+                )
+            });
+            let mut versions = Vec::with_capacity(app.versions.len());
+            let mut rts = Vec::with_capacity(app.versions.len());
+            for v in &app.versions {
+                let rt = self.version_runtime(app, v);
+                let weight = weights.iter().find(|(id, _)| *id == v.id).map(|(_, w)| *w);
+                if weight.is_some() {
+                    serving.insert((app.name.clone(), v.id.clone()));
+                }
+                versions.push(Version {
+                    id: v.id.clone(),
+                    weight: weight.unwrap_or(0),
+                    state: if weight.is_some() {
+                        State::Serving
+                    } else {
+                        State::Draining
+                    },
+                    healthy: rt.healthy(now),
+                });
+                let collect = analysed
+                    .as_ref()
+                    .is_some_and(|(c, b)| *c == v.id || *b == v.id);
+                rt.collect.store(collect, Ordering::Relaxed);
+                rts.push(rt);
+            }
+            let table = match Table::new(versions, self.generation) {
+                Ok(t) => t,
+                Err(e) => {
+                    // The rollout logic keeps weights whole; this is a bug, not an input error.
+                    tracing::error!(app = %app.name, error = %e, "routing table refused; app left out");
+                    continue;
+                }
+            };
+            let shared = self
+                .apps_shared
+                .entry(app.name.clone())
+                .or_default()
+                .clone();
+            apps.push(Arc::new(AppRoute {
+                name: app.name.clone(),
+                hosts: app.hosts.clone(),
+                paths: app.paths.clone(),
+                table,
+                versions: rts,
+                shared,
+            }));
+        }
+        let routes = Routes {
+            apps,
+            settings: Arc::new(config.proxy.clone()),
+            signer: self.signer.clone(),
+            generation: self.generation,
+        };
+        self.shared.routes.store(Arc::new(routes));
+        if let Some(t) = arrived {
+            self.shared.metrics.switch_seconds(t.elapsed().as_secs_f64());
+        }
+        // After the swap: bookkeeping that no request waits for.
+        for app in &config.apps {
+            if let Some(state) = self.states.get(&app.name) {
+                let weights = state.weights();
+                for v in &app.versions {
+                    let w = weights.iter().find(|(id, _)| *id == v.id).map_or(0, |(_, w)| *w);
+                    self.shared.metrics.set_weight(&app.name, &v.id, w);
+                }
+            }
+        }
+        let stopped: Vec<(String, String)> = self.serving.difference(&serving).cloned().collect();
+        let started: Vec<(String, String)> = serving.difference(&self.serving).cloned().collect();
+        for key in started {
+            if let Some(rt) = self.runtimes.get(&key) {
+                rt.drain_generation.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for key in stopped {
+            if let Some(rt) = self.runtimes.get(&key).cloned() {
+                self.start_drain(rt);
+            }
+        }
+        self.serving = serving;
+        // Runtimes of versions no longer configured.
+        let configured: HashSet<(String, String)> = config
+            .apps
+            .iter()
+            .flat_map(|a| a.versions.iter().map(|v| (a.name.clone(), v.id.clone())))
+            .collect();
+        let gone: Vec<(String, String)> = self
+            .runtimes
+            .keys()
+            .filter(|k| !configured.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(rt) = self.runtimes.remove(&key) {
+                self.start_drain(rt);
+            }
+        }
+    }
+
+    /// A version stopped taking new sessions: close its idle upstream connections, let its
+    /// requests finish, and cancel what is left at the drain timeout (unless it serves again
+    /// meanwhile).
+    fn start_drain(&self, rt: Arc<VersionRt>) {
+        let generation = rt.drain_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        rt.close_idle(&self.config.proxy);
+        let timeout = self.config.proxy.drain_timeout;
+        let span = tracing::info_span!("drain", app = %rt.app, version = %rt.id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let deadline = tokio::time::Instant::now() + timeout;
+                loop {
+                    if rt.drain_generation.load(Ordering::Relaxed) != generation {
+                        return;
+                    }
+                    let left = rt.metrics.inflight.get();
+                    if left <= 0 {
+                        tracing::debug!("drained");
+                        return;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::warn!(requests = left, "drain timed out; cancelling what is left");
+                        let token = rt.drain.swap(Arc::new(CancellationToken::new()));
+                        token.cancel();
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            span,
+        ));
+    }
+
+    /// Applies an operation to an app; the new table is stored before this returns.
+    pub fn apply(&mut self, app_name: &str, op: Op, arrived: Instant) -> Result<(), RolloutError> {
+        let config = self.config.clone();
+        let app = config
+            .apps
+            .iter()
+            .find(|a| a.name == app_name)
+            .ok_or_else(|| RolloutError::NoApp(app_name.to_owned()))?;
+        let state = self
+            .states
+            .entry(app.name.clone())
+            .or_insert_with(|| AppState::new(app));
+        let now = unix_ms();
+        match op {
+            Op::Start { version, strategy } => {
+                state.start(app, &version, strategy, now)?;
+                self.interval_start.insert(app.name.clone(), Instant::now());
+            }
+            Op::Promote => {
+                state.promote(now)?;
+                self.interval_start.insert(app.name.clone(), Instant::now());
+            }
+            Op::Pause => state.pause(now)?,
+            Op::Resume => state.resume(now)?,
+            Op::Abort => {
+                state.abort(now, "aborted by hand")?;
+                self.shared.metrics.rollback(&app.name, "manual");
+            }
+            Op::Rollback => {
+                state.rollback(app, now, "rolled back by hand")?;
+                self.shared.metrics.rollback(&app.name, "manual");
+            }
+        }
+        self.publish(Some(arrived));
+        Ok(())
+    }
+
+    /// Installs a new configuration (already validated). Rollouts survive unless a version
+    /// they use is gone.
+    pub fn reload(&mut self, config: Config) {
+        if config.listeners != self.config.listeners {
+            tracing::warn!("listener changes take effect at the next start");
+        }
+        self.config = Arc::new(config);
+        for app in self.reconcile_states() {
+            self.shared.metrics.rollback(&app, "config");
+        }
+        self.publish(None);
+    }
+
+    /// Timers, health and analysis; called a few times a second. Returns whether the state
+    /// changed (and should be persisted).
+    pub fn tick(&mut self) -> bool {
+        let now = unix_ms();
+        let mono = now_ms(self.shared.epoch);
+        let config = self.config.clone();
+        let mut changed = false;
+        for app in &config.apps {
+            if self.analyse(app) {
+                changed = true;
+            }
+            if let Some(state) = self.states.get_mut(&app.name) {
+                if state.tick(app, now) {
+                    changed = true;
+                    self.interval_start.insert(app.name.clone(), Instant::now());
+                }
+            }
+        }
+        // Health: republish when a version's health differs from the published table.
+        let routes = self.shared.routes.load_full();
+        let stale = routes.apps.iter().any(|a| {
+            a.table
+                .versions()
+                .iter()
+                .zip(&a.versions)
+                .any(|(v, rt)| v.healthy != rt.healthy(mono))
+        });
+        for rt in self.runtimes.values() {
+            for e in &rt.endpoints {
+                self.shared
+                    .metrics
+                    .set_endpoint_healthy(&rt.app, &rt.id, &e.address, e.usable(mono));
+            }
+        }
+        if changed || stale {
+            self.publish(None);
+        }
+        changed
+    }
+
+    /// Judges the interval that just ended, if one did. Returns whether the state changed.
+    fn analyse(&mut self, app: &App) -> bool {
+        let Some(state) = self.states.get(&app.name) else {
+            return false;
+        };
+        let Some(r) = &state.rollout else {
+            self.interval_start.remove(&app.name);
+            return false;
+        };
+        if !app.analysis.enabled || r.paused {
+            return false;
+        }
+        let start = *self
+            .interval_start
+            .entry(app.name.clone())
+            .or_insert_with(Instant::now);
+        if start.elapsed() < app.analysis.interval {
+            return false;
+        }
+        self.interval_start.insert(app.name.clone(), Instant::now());
+        let baseline_id = r.baseline.clone().unwrap_or_else(|| state.stable.clone());
+        let (Some(canary), Some(baseline)) = (
+            self.runtime(&app.name, &r.version).cloned(),
+            self.runtime(&app.name, &baseline_id).cloned(),
+        ) else {
+            return false;
+        };
+        let (c, b) = (canary.take_window(), baseline.take_window());
+        let sample = |w: crate::runtime::Window| stats::Sample {
+            requests: w.requests,
+            errors: w.errors,
+            latencies: w.latencies,
+        };
+        let (cs, bs) = (sample(c), sample(b));
+        let t = stats::Thresholds {
+            min_requests: app.analysis.min_requests,
+            alpha: app.analysis.alpha,
+            error_points: app.analysis.error_points,
+            latency_shift: app.analysis.latency_shift,
+        };
+        let verdict = stats::judge(&cs, &bs, &t);
+        let ratio = |s: &stats::Sample| {
+            if s.requests == 0 {
+                0.0
+            } else {
+                s.errors as f64 / s.requests as f64
+            }
+        };
+        let enough = cs.requests >= 2 && bs.requests >= 2;
+        let figures = AnalysisFigures {
+            verdict: match verdict {
+                stats::Verdict::Pass => VerdictKind::Pass,
+                stats::Verdict::NoData => VerdictKind::NoData,
+                stats::Verdict::Fail(_) => VerdictKind::Fail,
+            },
+            canary_error_ratio: ratio(&cs),
+            baseline_error_ratio: ratio(&bs),
+            canary_median_ms: stats::median(&cs.latencies).unwrap_or(0.0),
+            baseline_median_ms: stats::median(&bs.latencies).unwrap_or(0.0),
+            errors_p: if enough {
+                stats::two_proportion_p(cs.errors, cs.requests, bs.errors, bs.requests)
+            } else {
+                1.0
+            },
+            latency_p: if enough {
+                stats::mann_whitney_greater_p(&cs.latencies, &bs.latencies)
+            } else {
+                1.0
+            },
+            alpha: t.alpha,
+            error_points: t.error_points,
+            latency_shift: t.latency_shift,
+        };
+        self.shared.metrics.analysis(&app.name, &figures);
+        let against = if r.baseline.is_some() {
+            format!("baseline {baseline_id}")
+        } else {
+            format!("stable {baseline_id} (no separate baseline declared)")
+        };
+        let numbers = format!(
+            "canary {} req, {:.2}% errors, median {:.2} ms; {against}: {} req, {:.2}% errors, median {:.2} ms; p(errors) = {:.3e}, p(latency) = {:.3e}; thresholds: alpha {}, errors +{} points, latency +{}%",
+            cs.requests,
+            figures.canary_error_ratio * 100.0,
+            figures.canary_median_ms,
+            bs.requests,
+            figures.baseline_error_ratio * 100.0,
+            figures.baseline_median_ms,
+            figures.errors_p,
+            figures.latency_p,
+            t.alpha,
+            t.error_points * 100.0,
+            t.latency_shift * 100.0,
+        );
+        self.last_verdicts.insert(app.name.clone(), figures);
+        let now = unix_ms();
+        let Some(state) = self.states.get_mut(&app.name) else {
+            return false;
+        };
+        match verdict {
+            stats::Verdict::NoData => {
+                state.log(
+                    now,
+                    format!("interval: no data, holding (fewer than {} requests on a side): {numbers}", t.min_requests),
+                );
+                true
+            }
+            stats::Verdict::Pass => {
+                state.passed();
+                state.log(now, format!("interval: pass: {numbers}"));
+                true
+            }
+            stats::Verdict::Fail(why) => {
+                state.log(now, format!("interval: FAIL ({why}): {numbers}"));
+                if state.rollback(app, now, &format!("analysis failed: {why}")).is_ok() {
+                    self.shared.metrics.rollback(&app.name, "analysis");
+                }
+                true
+            }
+        }
+    }
+
+    /// The state file's contents now (written by [`persist`] outside the engine's lock).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let file = StateFile {
+            apps: self.states.clone(),
+        };
+        serde_json::to_vec_pretty(&file).unwrap_or_default()
+    }
+
+    pub fn state_path(&self) -> &Path {
+        &self.state_path
+    }
+}
+
+/// Writes the state file atomically (temporary file, fsync, rename, fsync of the directory).
+pub fn persist(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    use std::io::Write;
+    let write = || -> std::io::Result<()> {
+        let mut f = atomic_write_file::AtomicWriteFile::options().open(path)?;
+        f.write_all(bytes)?;
+        f.commit()
+    };
+    write().map_err(|source| StateError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The session-cookie key: made once (32 random bytes) and kept in the state directory, so
+/// sessions stay pinned across restarts and across proxies sharing the directory.
+pub fn session_key(state_dir: &Path) -> Result<Vec<u8>, StateError> {
+    let path = state_dir.join("session.key");
+    match std::fs::read(&path) {
+        Ok(k) if k.len() >= 32 => return Ok(k),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(StateError::Read { path, source }),
+    }
+    let mut key = vec![0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    persist(&path, &key)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(key)
+}

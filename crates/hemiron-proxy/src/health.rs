@@ -1,0 +1,92 @@
+//! Active health checks: an HTTP GET per endpoint at the app's interval; `unhealthy_after`
+//! failures in a row take an endpoint out, `healthy_after` passes bring it back.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::engine::Shared;
+use crate::runtime::{now_ms, EndpointRt, VersionRt};
+
+type CheckClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// Runs until the process ends: every 100 ms, starts the checks that are due.
+pub async fn run(shared: Arc<Shared>) {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    // A fresh connection per check: a check should see what a new connection would.
+    let client: CheckClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let routes = shared.routes.load_full();
+        let now = now_ms(shared.epoch);
+        for app in &routes.apps {
+            for rt in &app.versions {
+                let Some(check) = &rt.health else { continue };
+                for ep in &rt.endpoints {
+                    if ep.next_check.load(Ordering::Relaxed) > now {
+                        continue;
+                    }
+                    let interval = u64::try_from(check.interval.as_millis()).unwrap_or(1000);
+                    ep.next_check.store(now + interval, Ordering::Relaxed);
+                    tokio::spawn(check_one(
+                        shared.clone(),
+                        client.clone(),
+                        rt.clone(),
+                        ep.clone(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+async fn check_one(shared: Arc<Shared>, client: CheckClient, rt: Arc<VersionRt>, ep: Arc<EndpointRt>) {
+    let Some(check) = &rt.health else { return };
+    let uri = format!("http://{}{}", ep.address, check.path);
+    let ok = match uri.parse::<http::Uri>() {
+        Err(_) => false,
+        Ok(uri) => {
+            let mut req = http::Request::new(Empty::new());
+            *req.uri_mut() = uri;
+            req.headers_mut().insert(
+                http::header::USER_AGENT,
+                http::HeaderValue::from_static("hemiron-proxy-health"),
+            );
+            matches!(
+                tokio::time::timeout(check.timeout, client.request(req)).await,
+                Ok(Ok(r)) if r.status().is_success() || r.status().is_redirection()
+            )
+        }
+    };
+    let was = ep.active_ok.load(Ordering::Relaxed);
+    if ok {
+        ep.check_failures.store(0, Ordering::Relaxed);
+        let passes = ep.check_passes.fetch_add(1, Ordering::Relaxed) + 1;
+        if !was && passes >= check.healthy_after {
+            ep.active_ok.store(true, Ordering::Relaxed);
+            // A recovered endpoint starts with a clean ejection record.
+            ep.ejections.store(0, Ordering::Relaxed);
+            tracing::info!(app = %rt.app, version = %rt.id, endpoint = %ep.address, "endpoint healthy");
+            shared.health_changed.notify_one();
+        }
+    } else {
+        ep.check_passes.store(0, Ordering::Relaxed);
+        let failures = ep.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if was && failures >= check.unhealthy_after {
+            ep.active_ok.store(false, Ordering::Relaxed);
+            tracing::warn!(app = %rt.app, version = %rt.id, endpoint = %ep.address, "endpoint unhealthy");
+            shared.health_changed.notify_one();
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! What the data plane reads per request: the published [`Routes`] (swapped whole, atomically,
+//! on every change) and the per-version runtimes they point to. A [`VersionRt`] outlives
+//! table swaps: its endpoints' health, its connection pool, its in-flight count and its
+//! measurements carry over from one table to the next, and a request that started on it
+//! keeps its `Arc` until it ends, whatever the table says meanwhile.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Either;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, App, ProxySettings};
+use crate::metrics::VersionMetrics;
+use crate::routing::Table;
+
+/// A request body going upstream: buffered (so a failed connect can be retried) or streamed.
+pub type UpstreamBody = Either<http_body_util::Full<Bytes>, hyper::body::Incoming>;
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// Milliseconds since the proxy started (monotonic), for cheap atomic timestamps.
+pub fn now_ms(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One upstream address of a version.
+#[derive(Debug)]
+pub struct EndpointRt {
+    pub address: String,
+    pub authority: http::uri::Authority,
+    /// Result of the active checks (true when there are none).
+    pub active_ok: AtomicBool,
+    /// Passive ejection: no traffic until this instant (ms on the proxy's clock).
+    pub ejected_until: AtomicU64,
+    pub ejections: AtomicU32,
+    pub consecutive_5xx: AtomicU32,
+    pub consecutive_connect: AtomicU32,
+    /// Active checks: when the next one is due, and the current runs of results.
+    pub next_check: AtomicU64,
+    pub check_passes: AtomicU32,
+    pub check_failures: AtomicU32,
+}
+
+impl EndpointRt {
+    pub fn usable(&self, now: u64) -> bool {
+        self.active_ok.load(Ordering::Relaxed) && self.ejected_until.load(Ordering::Relaxed) <= now
+    }
+}
+
+/// Requests measured in the current analysis interval.
+#[derive(Debug, Default)]
+pub struct Window {
+    pub requests: u64,
+    pub errors: u64,
+    /// Latency to response headers, in milliseconds.
+    pub latencies: Vec<f64>,
+}
+
+/// A version of an app as the data plane sees it.
+#[derive(Debug)]
+pub struct VersionRt {
+    pub app: String,
+    pub id: String,
+    pub endpoints: Vec<Arc<EndpointRt>>,
+    /// Endpoint indexes repeated by weight, for weighted round robin.
+    pick_order: Vec<usize>,
+    next: AtomicUsize,
+    pub client: ArcSwap<UpstreamClient>,
+    pub metrics: VersionMetrics,
+    /// Cancelled when this version's drain times out; replaced when it serves again.
+    pub drain: ArcSwap<CancellationToken>,
+    /// Whether the analysis is collecting samples from this version.
+    pub collect: AtomicBool,
+    pub window: Mutex<Window>,
+    /// Bumped whenever the version starts or stops serving, so a drain in progress knows
+    /// it was called off.
+    pub drain_generation: AtomicU64,
+    pub health: Option<config::HealthCheck>,
+    pub outlier: config::Outlier,
+    /// What it was built from, to tell whether a reload changed it.
+    pub spec: Spec,
+}
+
+/// The configuration a version runtime is built from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub endpoints: Vec<config::Endpoint>,
+    pub health: Option<config::HealthCheck>,
+    pub outlier: config::Outlier,
+}
+
+impl Spec {
+    pub fn of(app: &App, version: &config::AppVersion) -> Spec {
+        Spec {
+            endpoints: version.endpoints.clone(),
+            health: app.health.clone(),
+            outlier: app.outlier.clone(),
+        }
+    }
+}
+
+fn client(settings: &ProxySettings) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(settings.connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(settings.pool_idle_timeout)
+        .pool_max_idle_per_host(settings.pool_max_idle)
+        .build(connector)
+}
+
+impl VersionRt {
+    pub fn new(
+        app: &App,
+        version: &config::AppVersion,
+        settings: &ProxySettings,
+        metrics: VersionMetrics,
+    ) -> VersionRt {
+        let endpoints: Vec<Arc<EndpointRt>> = version
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                // Validated by the config loader; an unparsable one is left out, not fatal.
+                let authority = e.address.parse().ok()?;
+                Some(Arc::new(EndpointRt {
+                    address: e.address.clone(),
+                    authority,
+                    // Until the first check says otherwise: a new endpoint takes traffic.
+                    active_ok: AtomicBool::new(true),
+                    ejected_until: AtomicU64::new(0),
+                    ejections: AtomicU32::new(0),
+                    consecutive_5xx: AtomicU32::new(0),
+                    consecutive_connect: AtomicU32::new(0),
+                    next_check: AtomicU64::new(0),
+                    check_passes: AtomicU32::new(0),
+                    check_failures: AtomicU32::new(0),
+                }))
+            })
+            .collect();
+        let gcd = version
+            .endpoints
+            .iter()
+            .map(|e| e.weight)
+            .fold(0, num_gcd)
+            .max(1);
+        let mut pick_order = Vec::new();
+        // Interleave (a a b a a b …) rather than (a a a a b b): spreads bursts.
+        let mut left: Vec<u32> = version.endpoints.iter().map(|e| e.weight / gcd).collect();
+        while left.iter().any(|&w| w > 0) {
+            for (i, w) in left.iter_mut().enumerate() {
+                if *w > 0 && i < endpoints.len() {
+                    pick_order.push(i);
+                    *w -= 1;
+                }
+            }
+            if pick_order.is_empty() {
+                break;
+            }
+        }
+        VersionRt {
+            app: app.name.clone(),
+            id: version.id.clone(),
+            endpoints,
+            pick_order,
+            next: AtomicUsize::new(0),
+            client: ArcSwap::from_pointee(client(settings)),
+            metrics,
+            drain: ArcSwap::from_pointee(CancellationToken::new()),
+            collect: AtomicBool::new(false),
+            window: Mutex::new(Window::default()),
+            drain_generation: AtomicU64::new(0),
+            health: app.health.clone(),
+            outlier: app.outlier.clone(),
+            spec: Spec::of(app, version),
+        }
+    }
+
+    /// Whether any endpoint takes traffic now.
+    pub fn healthy(&self, now: u64) -> bool {
+        self.endpoints.iter().any(|e| e.usable(now))
+    }
+
+    /// The next endpoint by weighted round robin, skipping unusable ones and `avoid`; if none
+    /// is usable, the next one anyway (failing open beats refusing while checks catch up).
+    pub fn pick(&self, now: u64, avoid: &[usize]) -> Option<usize> {
+        let n = self.pick_order.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut fallback = None;
+        for k in 0..n {
+            let i = self.pick_order[(start + k) % n];
+            if avoid.contains(&i) {
+                continue;
+            }
+            if self.endpoints[i].usable(now) {
+                return Some(i);
+            }
+            fallback.get_or_insert(i);
+        }
+        fallback
+    }
+
+    /// Records a finished request for the analysis window.
+    pub fn sample(&self, error: bool, latency: Duration) {
+        if !self.collect.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(mut w) = self.window.lock() {
+            w.requests += 1;
+            w.errors += u64::from(error);
+            w.latencies.push(latency.as_secs_f64() * 1000.0);
+        }
+    }
+
+    /// Takes the current window, leaving an empty one.
+    pub fn take_window(&self) -> Window {
+        self.window
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default()
+    }
+
+    /// Closes idle pooled connections (a draining version keeps only its in-flight ones).
+    pub fn close_idle(&self, settings: &ProxySettings) {
+        self.client.store(Arc::new(client(settings)));
+    }
+}
+
+fn num_gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        num_gcd(b, a % b)
+    }
+}
+
+/// State an app keeps across table swaps.
+#[derive(Debug, Default)]
+pub struct AppShared {
+    /// Numbers new sessions for the weighted choice (see `routing`).
+    pub tickets: AtomicU64,
+}
+
+/// One app in the published routes.
+#[derive(Debug)]
+pub struct AppRoute {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub paths: Vec<String>,
+    pub table: Table,
+    /// Aligned with `table.versions()`.
+    pub versions: Vec<Arc<VersionRt>>,
+    pub shared: Arc<AppShared>,
+}
+
+/// Everything the data plane routes by, swapped whole.
+#[derive(Debug)]
+pub struct Routes {
+    pub apps: Vec<Arc<AppRoute>>,
+    pub settings: Arc<ProxySettings>,
+    pub signer: crate::sticky::Signer,
+    pub generation: u64,
+}
+
+impl Routes {
+    /// The app for a host (lower case, no port) and path: the longest matching path prefix
+    /// among apps whose hosts match (an app without hosts matches every host, after those
+    /// that name it).
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<AppRoute>> {
+        let mut best: Option<(&Arc<AppRoute>, usize, bool)> = None;
+        for app in &self.apps {
+            let named = app.hosts.iter().any(|h| config::host_matches(h, host));
+            if !named && !app.hosts.is_empty() {
+                continue;
+            }
+            for prefix in &app.paths {
+                if prefix_matches(prefix, path) {
+                    let better = match best {
+                        None => true,
+                        Some((_, len, was_named)) => {
+                            (named, prefix.len()) > (was_named, len)
+                        }
+                    };
+                    if better {
+                        best = Some((app, prefix.len(), named));
+                    }
+                }
+            }
+        }
+        best.map(|(a, _, _)| a)
+    }
+}
+
+/// `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/v1"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(prefix_matches("/api/", "/api/x"));
+    }
+
+    #[test]
+    fn weighted_round_robin_interleaves_and_skips_avoided() {
+        let app = crate::config::parse(
+            "[[listeners]]\naddress=\"127.0.0.1:1\"\n[apps.a.versions.v]\nendpoints=[{address=\"127.0.0.1:2\",weight=2},\"127.0.0.1:3\"]\n",
+            std::path::Path::new("."),
+        )
+        .unwrap()
+        .apps
+        .remove(0);
+        let settings = crate::config::parse(
+            "[[listeners]]\naddress=\"127.0.0.1:1\"\n[apps.a.versions.v]\nendpoints=[\"127.0.0.1:2\"]\n",
+            std::path::Path::new("."),
+        )
+        .unwrap()
+        .proxy;
+        let metrics = crate::metrics::Metrics::new();
+        let v = VersionRt::new(&app, &app.versions[0], &settings, metrics.version("a", "v"));
+        let picks: Vec<usize> = (0..6).map(|_| v.pick(0, &[]).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 4);
+        assert_eq!(v.pick(0, &[0]), Some(1));
+        v.endpoints[1].active_ok.store(false, Ordering::Relaxed);
+        assert_eq!(v.pick(0, &[0]), Some(1), "fails open when nothing else is left");
+        assert!(v.healthy(0));
+    }
+}
