@@ -10,7 +10,12 @@ use crate::{print, table, CliError, Global};
 #[derive(Debug, Args)]
 pub struct ProxyAdmin {
     /// The proxy's admin URL.
-    #[arg(long, global = true, env = "HEMIRON_PROXY_ADMIN", default_value = "http://127.0.0.1:9901")]
+    #[arg(
+        long,
+        global = true,
+        env = "HEMIRON_PROXY_ADMIN",
+        default_value = "http://127.0.0.1:9901"
+    )]
     pub admin: String,
     /// A file holding the admin token (default: `--token`, or HEMIRON_PROXY_TOKEN).
     #[arg(long, global = true)]
@@ -171,8 +176,18 @@ pub fn status_text(v: &Value) -> String {
                     vec![
                         s(&x["version"]),
                         pct(&x["weight_percent"]),
-                        if x["serving"].as_bool() == Some(true) { "yes" } else { "no" }.into(),
-                        if x["healthy"].as_bool() == Some(true) { "yes" } else { "no" }.into(),
+                        if x["serving"].as_bool() == Some(true) {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                        .into(),
+                        if x["healthy"].as_bool() == Some(true) {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                        .into(),
                         q["2xx"].to_string(),
                         q["4xx"].to_string(),
                         q["5xx"].to_string(),
@@ -184,7 +199,9 @@ pub fn status_text(v: &Value) -> String {
         })
         .unwrap_or_default();
     out.push_str(&table::render(
-        &["VERSION", "WEIGHT", "SERVING", "HEALTHY", "2XX", "4XX", "5XX", "FAILED", "INFLIGHT"],
+        &[
+            "VERSION", "WEIGHT", "SERVING", "HEALTHY", "2XX", "4XX", "5XX", "FAILED", "INFLIGHT",
+        ],
         &rows,
     ));
     let l = &v["last_interval"];

@@ -56,7 +56,10 @@ impl Admin {
 
     /// Persists the engine's state after a change (called with the engine locked; the
     /// write itself happens after the lock is released, in operation order).
-    pub async fn save(&self, engine: tokio::sync::MutexGuard<'_, Engine>) -> Result<(), AdminError> {
+    pub async fn save(
+        &self,
+        engine: tokio::sync::MutexGuard<'_, Engine>,
+    ) -> Result<(), AdminError> {
         let bytes = engine.snapshot();
         let path = engine.state_path().to_owned();
         let order = self.persist.lock().await;
@@ -159,7 +162,10 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
         .into_response()
 }
 
-async fn list(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Json<Value>, AdminError> {
+async fn list(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AdminError> {
     authorize(&admin, &headers)?;
     let engine = admin.engine.lock().await;
     let apps: Vec<Value> = engine
@@ -247,7 +253,12 @@ async fn action(
     run_op(&admin, &app, op, arrived).await
 }
 
-async fn run_op(admin: &Admin, app: &str, op: Op, arrived: Instant) -> Result<Json<Value>, AdminError> {
+async fn run_op(
+    admin: &Admin,
+    app: &str,
+    op: Op,
+    arrived: Instant,
+) -> Result<Json<Value>, AdminError> {
     let mut engine = admin.engine.lock().await;
     engine.apply(app, op, arrived)?;
     let body = status(&engine, app).unwrap_or(Value::Null);
@@ -255,7 +266,10 @@ async fn run_op(admin: &Admin, app: &str, op: Op, arrived: Instant) -> Result<Js
     Ok(Json(body))
 }
 
-async fn reload(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Result<Json<Value>, AdminError> {
+async fn reload(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AdminError> {
     authorize(&admin, &headers)?;
     reload_config(&admin).await?;
     Ok(Json(json!({ "reloaded": true })))

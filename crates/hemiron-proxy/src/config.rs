@@ -359,7 +359,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ParseError> {
         match l.address.parse::<SocketAddr>() {
             Ok(address) => {
                 if listeners.iter().any(|o| o.address == address) {
-                    p.add(&format!("{at}.address"), format!("{address} is listed twice"));
+                    p.add(
+                        &format!("{at}.address"),
+                        format!("{address} is listed twice"),
+                    );
                 }
                 listeners.push(Listener {
                     name,
@@ -455,7 +458,10 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ParseError> {
 fn proxy_settings(r: &RawProxy, p: &mut Problems) -> ProxySettings {
     let header = |p: &mut Problems, at: &str, v: &Option<String>, default: &str| {
         let v = v.clone().unwrap_or_else(|| default.to_owned());
-        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             p.add(at, format!("{v:?} is not a header or cookie name"));
         }
@@ -527,7 +533,10 @@ fn app(name: &str, at: &str, r: RawApp, p: &mut Problems) -> Option<App> {
     for (i, h) in r.hosts.iter().enumerate() {
         match host_pattern(h) {
             Some(h) => hosts.push(h),
-            None => p.add(&format!("{at}.hosts[{i}]"), format!("{h:?} is not a host name")),
+            None => p.add(
+                &format!("{at}.hosts[{i}]"),
+                format!("{h:?} is not a host name"),
+            ),
         }
     }
     let mut paths = r.paths.clone();
@@ -552,7 +561,10 @@ fn app(name: &str, at: &str, r: RawApp, p: &mut Problems) -> Option<App> {
             );
         }
         if v.endpoints.is_empty() {
-            p.add(&format!("{vat}.endpoints"), "at least one endpoint is required");
+            p.add(
+                &format!("{vat}.endpoints"),
+                "at least one endpoint is required",
+            );
         }
         let mut endpoints = Vec::new();
         for (i, e) in v.endpoints.iter().enumerate() {
@@ -582,7 +594,10 @@ fn app(name: &str, at: &str, r: RawApp, p: &mut Problems) -> Option<App> {
         });
     }
     if versions.is_empty() {
-        p.add(&format!("{at}.versions"), "at least one version is required");
+        p.add(
+            &format!("{at}.versions"),
+            "at least one version is required",
+        );
     }
     let stable = match r.stable {
         Some(s) => s,

@@ -29,10 +29,7 @@ const BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// The response body: an upstream's, streamed, or one the proxy made.
 pub enum ProxyBody {
-    Upstream {
-        inner: Incoming,
-        guard: Inflight,
-    },
+    Upstream { inner: Incoming, guard: Inflight },
     Local(Full<Bytes>),
 }
 
@@ -48,7 +45,9 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { inner, guard } => {
                 if guard.token.is_cancelled() {
                     guard.cancelled();
-                    return Poll::Ready(Some(Err("cancelled: the version's drain timed out".into())));
+                    return Poll::Ready(Some(Err(
+                        "cancelled: the version's drain timed out".into()
+                    )));
                 }
                 Pin::new(inner).poll_frame(cx).map_err(Into::into)
             }
@@ -223,7 +222,10 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
     let chosen = {
         let routes = shared.routes.load();
         let Some(app) = routes.find(&host, req.uri().path()) else {
-            return Ok(local(StatusCode::NOT_FOUND, "no app is configured for this host and path\n"));
+            return Ok(local(
+                StatusCode::NOT_FOUND,
+                "no app is configured for this host and path\n",
+            ));
         };
         let settings = &routes.settings;
         let override_version = req
@@ -261,9 +263,15 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
             ),
         };
         let Some(rt) = app.versions.get(index).cloned() else {
-            return Ok(local(StatusCode::SERVICE_UNAVAILABLE, "no version to serve\n"));
+            return Ok(local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no version to serve\n",
+            ));
         };
-        let cookie = if reason == Reason::Weighted || reason == Reason::Fallback || sticky.is_some_and(|s| s != rt.id) {
+        let cookie = if reason == Reason::Weighted
+            || reason == Reason::Fallback
+            || sticky.is_some_and(|s| s != rt.id)
+        {
             routes
                 .signer
                 .sign(&rt.id, now + settings.session_ttl.as_secs())
@@ -363,12 +371,18 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers, upgrade);
     // Forwarding headers.
     let peer_ip = conn.peer.ip().to_string();
-    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prior) => format!("{prior}, {peer_ip}"),
         None => peer_ip,
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        parts.headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        parts
+            .headers
+            .insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     parts.headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
@@ -376,12 +390,18 @@ async fn forward(
     );
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 carries the host in :authority; upstreams speak HTTP/1.1.
-        if let Some(a) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        if let Some(a) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
             parts.headers.insert(header::HOST, a);
         }
     }
     if let Ok(v) = HeaderValue::from_str(host) {
-        parts.headers.insert(HeaderName::from_static("x-forwarded-host"), v);
+        parts
+            .headers
+            .insert(HeaderName::from_static("x-forwarded-host"), v);
     }
     let path_and_query = parts
         .uri
@@ -393,19 +413,21 @@ async fn forward(
     let mut body = Some(body);
     let retryable_body: Option<Bytes> = match body.take() {
         Some(b) if b.is_end_stream() => Some(Bytes::new()),
-        Some(b) if b.size_hint().upper().is_some_and(|n| n <= BUFFER_LIMIT) => match b.collect().await {
-            Ok(b) => Some(b.to_bytes()),
-            Err(e) => {
-                return Forwarded {
-                    response: None,
-                    status: None,
-                    error_status: StatusCode::BAD_REQUEST,
-                    error: Some(format!("reading the request body: {e}")),
-                    endpoint: None,
-                    attempts: 0,
-                };
+        Some(b) if b.size_hint().upper().is_some_and(|n| n <= BUFFER_LIMIT) => {
+            match b.collect().await {
+                Ok(b) => Some(b.to_bytes()),
+                Err(e) => {
+                    return Forwarded {
+                        response: None,
+                        status: None,
+                        error_status: StatusCode::BAD_REQUEST,
+                        error: Some(format!("reading the request body: {e}")),
+                        endpoint: None,
+                        attempts: 0,
+                    };
+                }
             }
-        },
+        }
         other => {
             body = other;
             None
@@ -465,7 +487,10 @@ async fn forward(
                 ep.consecutive_connect.store(0, Ordering::Relaxed);
                 let status = resp.status();
                 passive_5xx(shared, rt, &ep, status, now);
-                strip_hop_by_hop(resp.headers_mut(), status == StatusCode::SWITCHING_PROTOCOLS);
+                strip_hop_by_hop(
+                    resp.headers_mut(),
+                    status == StatusCode::SWITCHING_PROTOCOLS,
+                );
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(down) = downstream_upgrade {
                         let up = hyper::upgrade::on(&mut resp);
@@ -501,7 +526,10 @@ async fn forward(
                 break;
             }
             Err(_) => {
-                last_error = Some(format!("{}: no response within {:?}", ep.address, settings.response_timeout));
+                last_error = Some(format!(
+                    "{}: no response within {:?}",
+                    ep.address, settings.response_timeout
+                ));
                 error_status = StatusCode::GATEWAY_TIMEOUT;
                 if more_left && idempotent(&parts.method) && shared.retry_budget.withdraw() {
                     rt.metrics.retries.inc();
@@ -533,7 +561,13 @@ fn eject(shared: &Shared, rt: &VersionRt, ep: &crate::runtime::EndpointRt, now: 
     shared.health_changed.notify_one();
 }
 
-fn passive_5xx(shared: &Shared, rt: &VersionRt, ep: &crate::runtime::EndpointRt, status: StatusCode, now: u64) {
+fn passive_5xx(
+    shared: &Shared,
+    rt: &VersionRt,
+    ep: &crate::runtime::EndpointRt,
+    status: StatusCode,
+    now: u64,
+) {
     if status.is_server_error() {
         let limit = rt.outlier.consecutive_5xx;
         let n = ep.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
@@ -546,7 +580,12 @@ fn passive_5xx(shared: &Shared, rt: &VersionRt, ep: &crate::runtime::EndpointRt,
     }
 }
 
-fn passive_connect_failure(shared: &Shared, rt: &VersionRt, ep: &crate::runtime::EndpointRt, now: u64) {
+fn passive_connect_failure(
+    shared: &Shared,
+    rt: &VersionRt,
+    ep: &crate::runtime::EndpointRt,
+    now: u64,
+) {
     let limit = rt.outlier.consecutive_connect_failures;
     let n = ep.consecutive_connect.fetch_add(1, Ordering::Relaxed) + 1;
     if limit > 0 && n >= limit {
@@ -604,14 +643,20 @@ mod tests {
     #[test]
     fn cookies_and_hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; hemiron-session=v1.x.9.y"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; hemiron-session=v1.x.9.y"),
+        );
         h.append(header::COOKIE, HeaderValue::from_static("b=\"2\""));
         assert_eq!(cookie(&h, "hemiron-session"), Some("v1.x.9.y"));
         assert_eq!(cookie(&h, "b"), Some("2"));
         assert_eq!(cookie(&h, "c"), None);
 
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private, Upgrade"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private, Upgrade"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("1"));

@@ -199,7 +199,11 @@ impl Engine {
         aborted
     }
 
-    fn version_runtime(&mut self, app: &App, version: &crate::config::AppVersion) -> Arc<VersionRt> {
+    fn version_runtime(
+        &mut self,
+        app: &App,
+        version: &crate::config::AppVersion,
+    ) -> Arc<VersionRt> {
         let key = (app.name.clone(), version.id.clone());
         let spec = Spec::of(app, version);
         if let Some(rt) = self.runtimes.get(&key) {
@@ -233,12 +237,16 @@ impl Engine {
                 continue;
             };
             let weights = state.weights();
-            let analysed = state.rollout.as_ref().filter(|_| app.analysis.enabled).map(|r| {
-                (
-                    r.version.clone(),
-                    r.baseline.clone().unwrap_or_else(|| state.stable.clone()),
-                )
-            });
+            let analysed = state
+                .rollout
+                .as_ref()
+                .filter(|_| app.analysis.enabled)
+                .map(|r| {
+                    (
+                        r.version.clone(),
+                        r.baseline.clone().unwrap_or_else(|| state.stable.clone()),
+                    )
+                });
             let mut versions = Vec::with_capacity(app.versions.len());
             let mut rts = Vec::with_capacity(app.versions.len());
             for v in &app.versions {
@@ -253,7 +261,7 @@ impl Engine {
                     state: if weight.is_some() {
                         State::Serving
                     } else {
-                        State::Draining
+                        State::Idle
                     },
                     healthy: rt.healthy(now),
                 });
@@ -293,14 +301,19 @@ impl Engine {
         };
         self.shared.routes.store(Arc::new(routes));
         if let Some(t) = arrived {
-            self.shared.metrics.switch_seconds(t.elapsed().as_secs_f64());
+            self.shared
+                .metrics
+                .switch_seconds(t.elapsed().as_secs_f64());
         }
         // After the swap: bookkeeping that no request waits for.
         for app in &config.apps {
             if let Some(state) = self.states.get(&app.name) {
                 let weights = state.weights();
                 for v in &app.versions {
-                    let w = weights.iter().find(|(id, _)| *id == v.id).map_or(0, |(_, w)| *w);
+                    let w = weights
+                        .iter()
+                        .find(|(id, _)| *id == v.id)
+                        .map_or(0, |(_, w)| *w);
                     self.shared.metrics.set_weight(&app.name, &v.id, w);
                 }
             }
@@ -449,9 +462,12 @@ impl Engine {
         });
         for rt in self.runtimes.values() {
             for e in &rt.endpoints {
-                self.shared
-                    .metrics
-                    .set_endpoint_healthy(&rt.app, &rt.id, &e.address, e.usable(mono));
+                self.shared.metrics.set_endpoint_healthy(
+                    &rt.app,
+                    &rt.id,
+                    &e.address,
+                    e.usable(mono),
+                );
             }
         }
         if changed || stale {
@@ -562,7 +578,10 @@ impl Engine {
             stats::Verdict::NoData => {
                 state.log(
                     now,
-                    format!("interval: no data, holding (fewer than {} requests on a side): {numbers}", t.min_requests),
+                    format!(
+                        "interval: no data, holding (fewer than {} requests on a side): {numbers}",
+                        t.min_requests
+                    ),
                 );
                 true
             }
@@ -573,7 +592,10 @@ impl Engine {
             }
             stats::Verdict::Fail(why) => {
                 state.log(now, format!("interval: FAIL ({why}): {numbers}"));
-                if state.rollback(app, now, &format!("analysis failed: {why}")).is_ok() {
+                if state
+                    .rollback(app, now, &format!("analysis failed: {why}"))
+                    .is_ok()
+                {
                     self.shared.metrics.rollback(&app.name, "analysis");
                 }
                 true

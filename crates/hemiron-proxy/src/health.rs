@@ -51,7 +51,12 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
-async fn check_one(shared: Arc<Shared>, client: CheckClient, rt: Arc<VersionRt>, ep: Arc<EndpointRt>) {
+async fn check_one(
+    shared: Arc<Shared>,
+    client: CheckClient,
+    rt: Arc<VersionRt>,
+    ep: Arc<EndpointRt>,
+) {
     let Some(check) = &rt.health else { return };
     let uri = format!("http://{}{}", ep.address, check.path);
     let ok = match uri.parse::<http::Uri>() {

@@ -363,8 +363,12 @@ impl Metrics {
             .get_or_create(&side("latency", "baseline"))
             .set(a.baseline_median_ms / 1000.0);
         i.analysis_p.get_or_create(&check("errors")).set(a.errors_p);
-        i.analysis_p.get_or_create(&check("latency")).set(a.latency_p);
-        i.analysis_alpha.get_or_create(&check("errors")).set(a.alpha);
+        i.analysis_p
+            .get_or_create(&check("latency"))
+            .set(a.latency_p);
+        i.analysis_alpha
+            .get_or_create(&check("errors"))
+            .set(a.alpha);
         i.analysis_alpha
             .get_or_create(&check("latency"))
             .set(a.alpha);
@@ -464,7 +468,8 @@ mod tests {
         }
         m.switch_seconds(0.010);
         let text = m.render();
-        assert!(text.contains("hemiron_proxy_requests_total{app=\"shop\",version=\"v1\",class=\"2xx\"} 1"));
+        assert!(text
+            .contains("hemiron_proxy_requests_total{app=\"shop\",version=\"v1\",class=\"2xx\"} 1"));
         let p99 = m.switch_quantile(0.99).unwrap();
         assert!(p99 <= 0.000_016 + 1e-12, "{p99}");
         assert!(m.switch_quantile(1.0).unwrap() >= 0.010);

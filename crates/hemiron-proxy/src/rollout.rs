@@ -143,7 +143,10 @@ impl AppState {
     pub fn log(&mut self, now_ms: u64, what: impl Into<String>) {
         let what = what.into();
         tracing::info!(event = %what, "rollout");
-        self.events.push(Event { at_ms: now_ms, what });
+        self.events.push(Event {
+            at_ms: now_ms,
+            what,
+        });
         if self.events.len() > KEEP_EVENTS {
             let extra = self.events.len() - KEEP_EVENTS;
             self.events.drain(..extra);
@@ -266,10 +269,7 @@ impl AppState {
             let version = r.version.clone();
             self.log(
                 now_ms,
-                format!(
-                    "{version} at {}% ({why})",
-                    f64::from(weight) / 100.0
-                ),
+                format!("{version} at {}% ({why})", f64::from(weight) / 100.0),
             );
         }
         self.settle(now_ms);
@@ -312,7 +312,10 @@ impl AppState {
         self.last_outcome = Some(format!("aborted: {why}"));
         self.log(
             now_ms,
-            format!("{} aborted, all traffic on {} ({why})", r.version, self.stable),
+            format!(
+                "{} aborted, all traffic on {} ({why})",
+                r.version, self.stable
+            ),
         );
         Ok(r.version)
     }
@@ -334,7 +337,10 @@ impl AppState {
         self.previous_stable = Some(out.clone());
         self.last_outcome = Some(format!("rolled back: {why}"));
         let stable = self.stable.clone();
-        self.log(now_ms, format!("rolled back from {out} to {stable} ({why})"));
+        self.log(
+            now_ms,
+            format!("rolled back from {out} to {stable} ({why})"),
+        );
         Ok(out)
     }
 
@@ -434,8 +440,20 @@ mod tests {
     fn steps() {
         let s = parse_steps("10:2m,25:2m,50:5m,100").unwrap();
         assert_eq!(s.len(), 4);
-        assert_eq!(s[0], Step { weight: 1000, duration_ms: Some(120_000) });
-        assert_eq!(s[3], Step { weight: 10000, duration_ms: None });
+        assert_eq!(
+            s[0],
+            Step {
+                weight: 1000,
+                duration_ms: Some(120_000)
+            }
+        );
+        assert_eq!(
+            s[3],
+            Step {
+                weight: 10000,
+                duration_ms: None
+            }
+        );
         assert_eq!(parse_steps("5,50").unwrap().last().unwrap().weight, 10000);
         assert!(parse_steps("50,10").is_err());
         assert!(parse_steps("0").is_err());
@@ -451,7 +469,11 @@ mod tests {
         s.start(&a, "v2", Strategy::Canary { steps }, 0).unwrap();
         assert_eq!(
             s.weights(),
-            vec![("v1".into(), 8000), ("v2".into(), 1000), ("base".into(), 1000)]
+            vec![
+                ("v1".into(), 8000),
+                ("v2".into(), 1000),
+                ("base".into(), 1000)
+            ]
         );
         // Time alone is not enough: three passing intervals are needed.
         assert!(!s.tick(&a, 5000));
@@ -495,12 +517,32 @@ mod tests {
         let a = app(true);
         let mut s = AppState::new(&a);
         assert_eq!(s.promote(0), Err(RolloutError::NoRollout));
-        assert!(matches!(s.start(&a, "v9", Strategy::BlueGreen, 0), Err(RolloutError::NoVersion { .. })));
-        assert_eq!(s.start(&a, "v1", Strategy::BlueGreen, 0), Err(RolloutError::AlreadyStable("v1".into())));
-        assert_eq!(s.start(&a, "base", Strategy::BlueGreen, 0), Err(RolloutError::IsBaseline("base".into())));
+        assert!(matches!(
+            s.start(&a, "v9", Strategy::BlueGreen, 0),
+            Err(RolloutError::NoVersion { .. })
+        ));
+        assert_eq!(
+            s.start(&a, "v1", Strategy::BlueGreen, 0),
+            Err(RolloutError::AlreadyStable("v1".into()))
+        );
+        assert_eq!(
+            s.start(&a, "base", Strategy::BlueGreen, 0),
+            Err(RolloutError::IsBaseline("base".into()))
+        );
         assert_eq!(s.rollback(&a, 0, "x"), Err(RolloutError::NoPrevious));
-        s.start(&a, "v2", Strategy::Canary { steps: parse_steps("10").unwrap() }, 0).unwrap();
-        assert_eq!(s.start(&a, "v2", Strategy::BlueGreen, 0), Err(RolloutError::InProgress("v2".into())));
+        s.start(
+            &a,
+            "v2",
+            Strategy::Canary {
+                steps: parse_steps("10").unwrap(),
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            s.start(&a, "v2", Strategy::BlueGreen, 0),
+            Err(RolloutError::InProgress("v2".into()))
+        );
     }
 
     #[test]
@@ -516,7 +558,15 @@ mod tests {
     fn a_reload_keeps_a_rollout_unless_it_removes_a_version() {
         let a = app(false);
         let mut s = AppState::new(&a);
-        s.start(&a, "v2", Strategy::Canary { steps: parse_steps("10").unwrap() }, 0).unwrap();
+        s.start(
+            &a,
+            "v2",
+            Strategy::Canary {
+                steps: parse_steps("10").unwrap(),
+            },
+            0,
+        )
+        .unwrap();
         let before = s.clone();
         assert_eq!(s.reconcile(&a, 1), None);
         assert_eq!(s, before);

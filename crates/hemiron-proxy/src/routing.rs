@@ -1,9 +1,11 @@
 //! Which version serves a request.
 //!
 //! Precedence, as the research recommends: an explicit override (header or cookie, for QA) >
-//! the session's sticky version > the weights. Only versions that are *serving* (not
-//! draining after a rollback) and have a healthy endpoint are ever chosen; if the weights'
-//! choices have none healthy, any other healthy serving version takes the request.
+//! the session's sticky version > the weights. Sessions and weights only ever reach versions
+//! that are *serving* (in the app's rollout) and have a healthy endpoint; if the weights'
+//! choices have none healthy, any other healthy serving version takes the request. An
+//! override may also name an *idle* version (declared, not in the rollout — e.g. to try a
+//! release before its rollout starts), as long as it is healthy.
 //!
 //! Weights are basis points (10,000 = 100%). A new session draws a *ticket* (a counter);
 //! `ticket × 7919 mod 10,000` walks every bucket of 0..10,000 once per 10,000 tickets (7919 is
@@ -18,8 +20,9 @@ const STRIDE: u64 = 7_919;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Serving,
-    /// Rolled back or removed: no new requests, sessions pinned to it move.
-    Draining,
+    /// Not in the rollout (never started, promoted past, or rolled back): no weight, and
+    /// sessions pinned to it move; only an explicit override reaches it.
+    Idle,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +69,8 @@ pub enum TableError {
     Duplicate(String),
     #[error("the weights of serving versions add up to {0}, not 10000 basis points")]
     Weights(u64),
-    #[error("draining version {0:?} has a weight")]
-    DrainingWeight(String),
+    #[error("idle version {0:?} has a weight")]
+    IdleWeight(String),
 }
 
 /// An immutable routing table (swapped whole when anything changes).
@@ -96,8 +99,8 @@ impl Table {
             if versions[..i].iter().any(|o| o.id == v.id) {
                 return Err(TableError::Duplicate(v.id.clone()));
             }
-            if v.state == State::Draining && v.weight > 0 {
-                return Err(TableError::DrainingWeight(v.id.clone()));
+            if v.state == State::Idle && v.weight > 0 {
+                return Err(TableError::IdleWeight(v.id.clone()));
             }
         }
         let sum: u64 = versions.iter().map(|v| u64::from(v.weight)).sum();
@@ -120,9 +123,13 @@ impl Table {
             .find(|v| v.id == id && v.state == State::Serving && v.healthy)
     }
 
+    fn overridable(&self, id: &str) -> Option<&Version> {
+        self.versions.iter().find(|v| v.id == id && v.healthy)
+    }
+
     /// The version for a request; `ticket` numbers new sessions (a shared counter).
     pub fn choose(&self, ask: Ask<'_>, ticket: u64) -> Option<Decision<'_>> {
-        if let Some(v) = ask.override_version.and_then(|id| self.usable(id)) {
+        if let Some(v) = ask.override_version.and_then(|id| self.overridable(id)) {
             return Some(Decision {
                 version: v,
                 reason: Reason::Override,
@@ -236,14 +243,14 @@ mod tests {
     }
 
     #[test]
-    fn draining_and_unhealthy_versions_are_never_chosen_while_another_can_serve() {
+    fn idle_and_unhealthy_versions_are_never_chosen_while_another_can_serve() {
         let mut bad = v("bad", 0);
-        bad.state = State::Draining;
-        let t = Table::new(vec![v("good", 10_000), bad], 2).unwrap();
+        bad.state = State::Idle;
+        let t = Table::new(vec![v("good", 10_000), bad.clone()], 2).unwrap();
         let d = t
             .choose(
                 Ask {
-                    override_version: Some("bad"),
+                    override_version: None,
                     sticky: Some("bad"),
                 },
                 7,
@@ -251,9 +258,25 @@ mod tests {
             .unwrap();
         assert_eq!(
             d.version.id, "good",
-            "sessions pinned to a drained version move"
+            "sessions pinned to a version out of the rollout move"
         );
         assert!(d.pin(), "and get a new cookie");
+        let ask = Ask {
+            override_version: Some("bad"),
+            sticky: None,
+        };
+        assert_eq!(
+            t.choose(ask, 7).unwrap().version.id,
+            "bad",
+            "an override reaches it"
+        );
+        bad.healthy = false;
+        let t = Table::new(vec![v("good", 10_000), bad], 2).unwrap();
+        assert_eq!(
+            t.choose(ask, 7).unwrap().version.id,
+            "good",
+            "unless it is unhealthy"
+        );
 
         let mut sick = v("canary", 1000);
         sick.healthy = false;

@@ -286,9 +286,7 @@ impl Routes {
                 if prefix_matches(prefix, path) {
                     let better = match best {
                         None => true,
-                        Some((_, len, was_named)) => {
-                            (named, prefix.len()) > (was_named, len)
-                        }
+                        Some((_, len, was_named)) => (named, prefix.len()) > (was_named, len),
                     };
                     if better {
                         best = Some((app, prefix.len(), named));
@@ -342,7 +340,11 @@ mod tests {
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 4);
         assert_eq!(v.pick(0, &[0]), Some(1));
         v.endpoints[1].active_ok.store(false, Ordering::Relaxed);
-        assert_eq!(v.pick(0, &[0]), Some(1), "fails open when nothing else is left");
+        assert_eq!(
+            v.pick(0, &[0]),
+            Some(1),
+            "fails open when nothing else is left"
+        );
         assert!(v.healthy(0));
     }
 }

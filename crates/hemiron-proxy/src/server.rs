@@ -266,7 +266,10 @@ pub async fn start(opts: ProxyOptions) -> Result<Running, ProxyError> {
         // Listeners are closed; let connections finish (HTTP/2 gets GOAWAY, idle HTTP/1
         // connections close).
         if let Ok(g) = Arc::try_unwrap(graceful) {
-            if tokio::time::timeout(drain_timeout, g.shutdown()).await.is_err() {
+            if tokio::time::timeout(drain_timeout, g.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!("connections still open at the drain timeout; closing them");
             }
         }
@@ -335,13 +338,26 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        serve(stream, peer, shared.clone(), tls.clone(), builder.clone(), &graceful);
+        serve(
+            stream,
+            peer,
+            shared.clone(),
+            tls.clone(),
+            builder.clone(),
+            &graceful,
+        );
     }
     // Whatever reached the accept queue before the close is still served.
-    while let Ok(Ok((stream, peer))) =
-        tokio::time::timeout(Duration::ZERO, listener.accept()).await
+    while let Ok(Ok((stream, peer))) = tokio::time::timeout(Duration::ZERO, listener.accept()).await
     {
-        serve(stream, peer, shared.clone(), tls.clone(), builder.clone(), &graceful);
+        serve(
+            stream,
+            peer,
+            shared.clone(),
+            tls.clone(),
+            builder.clone(),
+            &graceful,
+        );
     }
 }
 
@@ -375,14 +391,17 @@ fn serve(
         Some(acceptor) => {
             let watcher = graceful.watcher();
             tokio::spawn(async move {
-                let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
+                let stream =
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
@@ -417,7 +436,11 @@ fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 /// Reloads the configuration when its file changes or on SIGHUP, and certificates when
 /// theirs change.
-async fn watch_config(admin: Arc<Admin>, resolver: Option<Arc<crate::tls::Resolver>>, path: PathBuf) {
+async fn watch_config(
+    admin: Arc<Admin>,
+    resolver: Option<Arc<crate::tls::Resolver>>,
+    path: PathBuf,
+) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut last = file_stamp(&path);
     loop {

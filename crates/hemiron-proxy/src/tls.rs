@@ -52,10 +52,11 @@ fn load(c: &Certificate) -> Result<Loaded, TlsError> {
         path: c.key.clone(),
         message: e.to_string(),
     })?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| TlsError::Key {
-        path: c.key.clone(),
-        message: e.to_string(),
-    })?;
+    let signing =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| TlsError::Key {
+            path: c.key.clone(),
+            message: e.to_string(),
+        })?;
     Ok(Loaded {
         hosts: c.hosts.clone(),
         key: Arc::new(CertifiedKey::new(chain, signing)),

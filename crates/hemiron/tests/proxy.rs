@@ -1,0 +1,476 @@
+//! The deploy proxy end to end: the real `hemiron proxy` binary in front of real upstream
+//! servers on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::proxy::{runtime, upstream, Proxy, Upstream};
+use common::wait_for;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+
+fn endpoints(ups: &[&Upstream]) -> String {
+    ups.iter()
+        .map(|u| format!("\"{}\"", u.address()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A one-app configuration with versions `(id, upstreams)`.
+fn config(versions: &[(&str, &[&Upstream])], extra: &str) -> String {
+    let mut text = format!(
+        "[proxy]\nworkers = 2\ndrain_timeout = \"3s\"\n\n[[listeners]]\naddress = \"{{listen}}\"\n\n[apps.shop]\nstable = \"v1\"\n{extra}\n"
+    );
+    for (id, ups) in versions {
+        text.push_str(&format!(
+            "[apps.shop.versions.{id}]\nendpoints = [{}]\n",
+            endpoints(ups)
+        ));
+    }
+    text
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("hp")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+fn version_of(resp: &reqwest::blocking::Response) -> String {
+    resp.headers()
+        .get("x-hemiron-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn session_cookie(resp: &reqwest::blocking::Response) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("hemiron-session="))
+        .map(|c| c.split(';').next().unwrap().to_string())
+}
+
+/// Sends `n` cookie-less GETs, 20 at a time, and counts the versions that answered.
+fn count_versions(rt: &tokio::runtime::Runtime, url: &str, n: usize) -> HashMap<String, usize> {
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let counts = futures_util::stream::iter(0..n)
+            .map(|_| {
+                let client = client.clone();
+                let url = url.to_string();
+                async move {
+                    let r = client.get(&url).send().await.unwrap();
+                    assert!(r.status().is_success(), "{}", r.status());
+                    r.headers()["x-hemiron-version"]
+                        .to_str()
+                        .unwrap()
+                        .to_string()
+                }
+            })
+            .buffer_unordered(20)
+            .collect::<Vec<_>>()
+            .await;
+        let mut map = HashMap::new();
+        for v in counts {
+            *map.entry(v).or_insert(0) += 1;
+        }
+        map
+    })
+}
+
+#[test]
+fn weights_stickiness_and_overrides() {
+    let rt = runtime();
+    let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
+    let dir = tempdir();
+    let proxy = Proxy::start(
+        dir.path(),
+        &config(
+            &[("v1", &[&a]), ("v2", &[&b])],
+            "[apps.shop.analysis]\nenabled = false\n",
+        ),
+    );
+    let url = proxy.url("/");
+
+    // Before a rollout: everything on stable; v2 only by explicit override.
+    let http = reqwest::blocking::Client::new();
+    let r = http.get(&url).send().unwrap();
+    assert_eq!(version_of(&r), "v1");
+    assert!(r.text().unwrap().starts_with("v1 "));
+    let r = http
+        .get(&url)
+        .header("x-hemiron-version", "v2")
+        .send()
+        .unwrap();
+    assert_eq!(version_of(&r), "v2", "header override");
+
+    // Canary at 10%: 10,000 cookie-less requests land within 10 ± 0.9%.
+    proxy.admin_ok(
+        "POST",
+        "/apps/shop/rollout",
+        Some(json!({"version": "v2", "canary": "10,50"})),
+    );
+    let before = (a.requests(), b.requests());
+    let counts = count_versions(&rt, &url, 10_000);
+    let share = *counts.get("v2").unwrap_or(&0) as f64 / 10_000.0 * 100.0;
+    assert!(
+        (9.1..=10.9).contains(&share),
+        "canary share {share}% ({counts:?})"
+    );
+    // The upstreams agree with the header.
+    assert_eq!(b.requests() - before.1, counts["v2"] as u64);
+    assert_eq!(a.requests() - before.0, counts["v1"] as u64);
+
+    // New sessions are pinned by a signed cookie; they stay while the weights move.
+    let mut sessions = Vec::new();
+    for _ in 0..60 {
+        let r = http.get(&url).send().unwrap();
+        sessions.push((
+            version_of(&r),
+            session_cookie(&r).expect("a session cookie"),
+        ));
+    }
+    assert!(sessions.iter().any(|(v, _)| v == "v2"));
+    proxy.admin_ok("POST", "/apps/shop/promote", None); // 50%
+    for (version, cookie) in &sessions {
+        for _ in 0..5 {
+            let r = http.get(&url).header("cookie", cookie).send().unwrap();
+            assert_eq!(&version_of(&r), version, "a session stays on its version");
+            assert!(
+                session_cookie(&r).is_none(),
+                "a pinned session is not re-pinned"
+            );
+        }
+    }
+    // A forged cookie is ignored (the request is a new session).
+    let forged = sessions[0]
+        .1
+        .replace(".v1.", ".v2.")
+        .replace(".v2.", ".v1.");
+    let forged = format!("{forged}x");
+    let r = http.get(&url).header("cookie", &forged).send().unwrap();
+    assert!(session_cookie(&r).is_some());
+    // Override beats the session; the override cookie works too.
+    let (v, cookie) = sessions.iter().find(|(v, _)| v == "v1").unwrap();
+    assert_eq!(v, "v1");
+    let r = http
+        .get(&url)
+        .header("cookie", cookie)
+        .header("x-hemiron-version", "v2")
+        .send()
+        .unwrap();
+    assert_eq!(version_of(&r), "v2");
+    let r = http
+        .get(&url)
+        .header("cookie", format!("{cookie}; hemiron-version=v2"))
+        .send()
+        .unwrap();
+    assert_eq!(version_of(&r), "v2");
+
+    // Rollback: sessions pinned to the canary move to stable.
+    proxy.admin_ok("POST", "/apps/shop/rollback", None);
+    for (_, cookie) in sessions.iter().filter(|(v, _)| v == "v2") {
+        let r = http.get(&url).header("cookie", cookie).send().unwrap();
+        assert_eq!(version_of(&r), "v1");
+        assert!(
+            session_cookie(&r).unwrap().contains(".v1."),
+            "re-pinned to stable"
+        );
+    }
+    // Forwarding headers reach the upstream.
+    let body = http.get(&url).send().unwrap().text().unwrap();
+    assert!(body.contains("xff=127.0.0.1"), "{body}");
+
+    // Bad admin calls: no token, unknown version, nothing to promote.
+    let r = reqwest::blocking::Client::new()
+        .post(format!("http://{}/api/v1/apps/shop/promote", proxy.admin))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let (status, body) = proxy.admin("POST", "/apps/shop/rollout", Some(json!({"version": "v9"})));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("v9"));
+    let (status, _) = proxy.admin("POST", "/apps/shop/promote", None);
+    assert_eq!(status, 409);
+    let (status, _) = proxy.admin("GET", "/apps/nope", None);
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn unhealthy_endpoints_and_versions_get_no_traffic() {
+    let rt = runtime();
+    let (a1, a2, b) = (
+        upstream(&rt, "v1-a"),
+        upstream(&rt, "v1-b"),
+        upstream(&rt, "v2"),
+    );
+    let dir = tempdir();
+    let proxy = Proxy::start(
+        dir.path(),
+        &config(
+            &[("v1", &[&a1, &a2]), ("v2", &[&b])],
+            "[apps.shop.analysis]\nenabled = false\n[apps.shop.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nunhealthy_after = 2\nhealthy_after = 2\n[apps.shop.outlier]\nconsecutive_5xx = 3\nbase_ejection = \"60s\"\n",
+        ),
+    );
+    let url = proxy.url("/");
+    let http = reqwest::blocking::Client::new();
+    let served_by = |n: usize| {
+        let mut m: HashMap<String, usize> = HashMap::new();
+        for _ in 0..n {
+            let body = http.get(&url).send().unwrap().text().unwrap();
+            *m.entry(body.split(' ').next().unwrap().to_string())
+                .or_default() += 1;
+        }
+        m
+    };
+    let both = served_by(20);
+    assert_eq!(both.get("v1-a"), Some(&10), "{both:?}");
+
+    // Active checks take v1-b out.
+    a2.behaviour.unhealthy.store(true, Ordering::SeqCst);
+    wait_for(
+        "v1-b to be marked unhealthy",
+        Duration::from_secs(10),
+        || {
+            proxy.metrics()
+            .contains(&format!("hemiron_proxy_endpoint_healthy{{app=\"shop\",version=\"v1\",endpoint=\"{}\"}} 0", a2.address()))
+            .then_some(())
+        },
+    );
+    let only_a = served_by(20);
+    assert_eq!(only_a.get("v1-a"), Some(&20), "{only_a:?}");
+
+    // A canary at 10%, then v1-a starts failing every request: 3 consecutive 5xx eject it,
+    // v1 has no healthy endpoint left, and v2 takes every request.
+    proxy.admin_ok(
+        "POST",
+        "/apps/shop/rollout",
+        Some(json!({"version": "v2", "canary": "10"})),
+    );
+    a1.behaviour.fail_every.store(1, Ordering::SeqCst);
+    let mut fives = 0;
+    for _ in 0..10 {
+        let r = http.get(&url).send().unwrap();
+        if r.status().as_u16() == 500 {
+            fives += 1;
+        }
+    }
+    assert!(
+        fives <= 3,
+        "only the failures that eject it get through ({fives})"
+    );
+    wait_for(
+        "the version to be taken out",
+        Duration::from_secs(5),
+        || {
+            let status = proxy.admin_ok("GET", "/apps/shop", None);
+            (status["versions"][0]["healthy"] == json!(false)).then_some(())
+        },
+    );
+    let all = served_by(50);
+    assert_eq!(all.get("v2"), Some(&50), "{all:?}");
+
+    // Recovery: v1-b passes its checks again and takes v1's share back.
+    a2.behaviour.unhealthy.store(false, Ordering::SeqCst);
+    wait_for("v1-b back", Duration::from_secs(10), || {
+        let m = served_by(20);
+        m.contains_key("v1-b").then_some(())
+    });
+}
+
+#[test]
+fn websockets_through_a_rollout_and_their_drain() {
+    let rt = runtime();
+    let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
+    let dir = tempdir();
+    let proxy = Proxy::start(
+        dir.path(),
+        &config(
+            &[("v1", &[&a]), ("v2", &[&b])],
+            "[apps.shop.analysis]\nenabled = false\n",
+        ),
+    );
+    let ws_url = format!("ws://{}/ws", proxy.data);
+    rt.block_on(async {
+        let (mut old, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+        old.send("hello".into()).await.unwrap();
+        let reply = old.next().await.unwrap().unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), "v1: hello");
+
+        // Switch everything to v2: the open WebSocket stays on v1 and keeps working.
+        let admin = format!("http://{}/api/v1/apps/shop/rollout", proxy.admin);
+        let r = reqwest::Client::new()
+            .post(&admin)
+            .bearer_auth(&proxy.token)
+            .json(&json!({"version": "v2", "blue_green": true}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        old.send("still there".into()).await.unwrap();
+        let reply = old.next().await.unwrap().unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), "v1: still there");
+
+        let (mut new, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+        new.send("hi".into()).await.unwrap();
+        let reply = new.next().await.unwrap().unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), "v2: hi");
+
+        // v1 drains: at the drain timeout (3 s) its WebSocket is closed with 1001.
+        let started = Instant::now();
+        let msg = tokio::time::timeout(Duration::from_secs(10), old.next())
+            .await
+            .expect("closed within the drain timeout")
+            .unwrap()
+            .unwrap();
+        match msg {
+            tokio_tungstenite::tungstenite::Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1001)
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The v2 WebSocket is untouched.
+        new.send("after".into()).await.unwrap();
+        let reply = new.next().await.unwrap().unwrap();
+        assert_eq!(reply.into_text().unwrap().as_str(), "v2: after");
+    });
+    assert!(proxy
+        .metrics()
+        .contains("hemiron_proxy_drain_cancelled_requests_total{app=\"shop\",version=\"v1\"} 1"));
+}
+
+#[test]
+fn reloads_keep_rollouts_and_state_survives_restarts() {
+    let rt = runtime();
+    let (a, a2, b) = (
+        upstream(&rt, "v1"),
+        upstream(&rt, "v1-extra"),
+        upstream(&rt, "v2"),
+    );
+    let dir = tempdir();
+    let no_analysis = "[apps.shop.analysis]\nenabled = false\n";
+    let mut proxy = Proxy::start(
+        dir.path(),
+        &config(&[("v1", &[&a]), ("v2", &[&b])], no_analysis),
+    );
+    proxy.admin_ok(
+        "POST",
+        "/apps/shop/rollout",
+        Some(json!({"version": "v2", "canary": "25,50"})),
+    );
+    let http = reqwest::blocking::Client::new();
+    let pinned = (0..20)
+        .map(|_| http.get(proxy.url("/")).send().unwrap())
+        .find(|r| version_of(r) == "v2")
+        .map(|r| session_cookie(&r).unwrap())
+        .expect("a v2 session");
+    let weights = |p: &Proxy| {
+        let s = p.admin_ok("GET", "/apps/shop", None);
+        s["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["version"].as_str().unwrap().to_string(),
+                    v["weight_percent"].as_f64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let at_25 = vec![("v1".to_string(), 75.0), ("v2".to_string(), 25.0)];
+    assert_eq!(weights(&proxy), at_25);
+
+    // A restart serves exactly what was served: same rollout, same step, same sessions.
+    proxy.stop();
+    let text = std::fs::read_to_string(&proxy.config).unwrap();
+    let listen = proxy.data.to_string();
+    proxy.launch();
+    assert_eq!(weights(&proxy), at_25);
+    let r = http
+        .get(proxy.url("/"))
+        .header("cookie", &pinned)
+        .send()
+        .unwrap();
+    assert_eq!(version_of(&r), "v2", "the session key survives the restart");
+
+    // A changed file (an endpoint added to v1) is picked up; the rollout goes on.
+    let grown = text.replace(
+        &format!("endpoints = [\"{}\"]", a.address()),
+        &format!("endpoints = [\"{}\", \"{}\"]", a.address(), a2.address()),
+    );
+    assert_ne!(grown, text);
+    std::fs::write(&proxy.config, &grown).unwrap();
+    wait_for("the reload", Duration::from_secs(10), || {
+        let s = proxy.admin_ok("GET", "/apps/shop", None);
+        (s["versions"][0]["endpoints"].as_array().unwrap().len() == 2).then_some(())
+    });
+    assert_eq!(weights(&proxy), at_25);
+    assert!(proxy.admin_ok("GET", "/apps/shop", None)["rollout"].is_object());
+    wait_for("the new endpoint to serve", Duration::from_secs(5), || {
+        let body = http
+            .get(proxy.url("/"))
+            .header("x-hemiron-version", "v1")
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        body.starts_with("v1-extra").then_some(())
+    });
+
+    // An invalid file changes nothing and reports every problem.
+    let broken = grown
+        .replace("stable = \"v1\"", "stable = \"v7\"")
+        .replace(&format!("\"{}\"", b.address()), "\"nowhere\"");
+    std::fs::write(&proxy.config, &broken).unwrap();
+    let (status, body) = proxy.admin("POST", "/reload", None);
+    assert_eq!(status, 422, "{body}");
+    let problems = body["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 2, "{body}");
+    assert_eq!(weights(&proxy), at_25);
+    assert!(proxy.log().contains("configuration not reloaded"));
+
+    // SIGHUP with a file that removes the canary's version: the rollout aborts to stable.
+    let without_v2 = grown
+        .split("[apps.shop.versions.v2]")
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&proxy.config, &without_v2).unwrap();
+    let pid = proxy.take_child().unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid.id().to_string()])
+        .status()
+        .unwrap();
+    wait_for("the rollout to abort", Duration::from_secs(10), || {
+        let s = proxy.admin_ok("GET", "/apps/shop", None);
+        s["rollout"].is_null().then_some(s)
+    });
+    let s = proxy.admin_ok("GET", "/apps/shop", None);
+    assert!(
+        s["last_outcome"]
+            .as_str()
+            .unwrap()
+            .contains("removed from the configuration"),
+        "{s}"
+    );
+    let r = http
+        .get(proxy.url("/"))
+        .header("cookie", &pinned)
+        .send()
+        .unwrap();
+    assert_eq!(version_of(&r), "v1");
+    let mut child = pid;
+    common::proxy::terminate(&mut child);
+    assert!(listen.starts_with("127.0.0.1:"));
+}
