@@ -426,9 +426,6 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ParseError> {
             apps.push(app);
         }
     }
-    if apps.is_empty() && p.0.is_empty() {
-        p.add("apps", "at least one app is required");
-    }
     // Two apps must not claim the same host and prefix.
     for (i, a) in apps.iter().enumerate() {
         for b in &apps[..i] {

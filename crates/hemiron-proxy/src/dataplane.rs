@@ -107,7 +107,22 @@ impl Drop for Inflight {
 pub struct Conn {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
+    /// The peer's address as a header value, made once per connection.
+    pub peer_header: HeaderValue,
     pub tls: bool,
+}
+
+impl Conn {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr, tls: bool) -> Conn {
+        let peer_header = HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Conn {
+            shared,
+            peer,
+            peer_header,
+            tls,
+        }
+    }
 }
 
 fn local(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
@@ -175,6 +190,10 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names instead of seven hashed removals.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = conn
             .to_str()
@@ -272,17 +291,7 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
             || reason == Reason::Fallback
             || sticky.is_some_and(|s| s != rt.id)
         {
-            routes
-                .signer
-                .sign(&rt.id, now + settings.session_ttl.as_secs())
-                .map(|v| {
-                    format!(
-                        "{}={v}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
-                        settings.session_cookie,
-                        settings.session_ttl.as_secs(),
-                        if conn.tls { "; Secure" } else { "" }
-                    )
-                })
+            rt.session_cookie(&routes.signer, settings, now, conn.tls)
         } else {
             None
         };
@@ -341,7 +350,7 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
             headers.insert(HeaderName::from_static("x-hemiron-version"), v);
         }
     }
-    if let Some(c) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+    if let Some(c) = set_cookie {
         headers.append(header::SET_COOKIE, c);
     }
     Ok(response)
@@ -388,7 +397,8 @@ async fn forward(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
-    if !parts.headers.contains_key(header::HOST) {
+    let original_host = parts.headers.get(header::HOST).cloned();
+    if original_host.is_none() {
         // HTTP/2 carries the host in :authority; upstreams speak HTTP/1.1.
         if let Some(a) = parts
             .uri
@@ -398,7 +408,11 @@ async fn forward(
             parts.headers.insert(header::HOST, a);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(host) {
+    let forwarded_host = match original_host {
+        Some(h) => Some(h),
+        None => HeaderValue::from_str(host).ok(),
+    };
+    if let Some(v) = forwarded_host {
         parts
             .headers
             .insert(HeaderName::from_static("x-forwarded-host"), v);

@@ -40,6 +40,95 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// One app's interval, taken from the data plane, waiting to be judged.
+#[derive(Debug)]
+pub struct Pending {
+    app: String,
+    canary: String,
+    baseline: String,
+    separate_baseline: bool,
+    canary_sample: stats::Sample,
+    baseline_sample: stats::Sample,
+    thresholds: stats::Thresholds,
+}
+
+/// A judged interval.
+#[derive(Debug)]
+pub struct Judged {
+    app: String,
+    canary: String,
+    verdict: stats::Verdict,
+    figures: AnalysisFigures,
+    numbers: String,
+    min_requests: u64,
+}
+
+/// Judges an interval (CPU work: sorting and pairwise differences of up to 20,000 samples a
+/// side; run it on a blocking thread).
+pub fn judge(p: Pending) -> Judged {
+    let (cs, bs, t) = (&p.canary_sample, &p.baseline_sample, &p.thresholds);
+    let verdict = stats::judge(cs, bs, t);
+    let ratio = |s: &stats::Sample| {
+        if s.requests == 0 {
+            0.0
+        } else {
+            s.errors as f64 / s.requests as f64
+        }
+    };
+    let enough = cs.requests >= 2 && bs.requests >= 2;
+    let figures = AnalysisFigures {
+        verdict: match verdict {
+            stats::Verdict::Pass => VerdictKind::Pass,
+            stats::Verdict::NoData => VerdictKind::NoData,
+            stats::Verdict::Fail(_) => VerdictKind::Fail,
+        },
+        canary_error_ratio: ratio(cs),
+        baseline_error_ratio: ratio(bs),
+        canary_median_ms: stats::median(&cs.latencies).unwrap_or(0.0),
+        baseline_median_ms: stats::median(&bs.latencies).unwrap_or(0.0),
+        errors_p: if enough {
+            stats::two_proportion_p(cs.errors, cs.requests, bs.errors, bs.requests)
+        } else {
+            1.0
+        },
+        latency_p: if enough {
+            stats::mann_whitney_greater_p(&cs.latencies, &bs.latencies)
+        } else {
+            1.0
+        },
+        alpha: t.alpha,
+        error_points: t.error_points,
+        latency_shift: t.latency_shift,
+    };
+    let against = if p.separate_baseline {
+        format!("baseline {}", p.baseline)
+    } else {
+        format!("stable {} (no separate baseline declared)", p.baseline)
+    };
+    let numbers = format!(
+        "canary {} req, {:.2}% errors, median {:.2} ms; {against}: {} req, {:.2}% errors, median {:.2} ms; p(errors) = {:.3e}, p(latency) = {:.3e}; thresholds: alpha {}, errors +{} points, latency +{}%",
+        cs.requests,
+        figures.canary_error_ratio * 100.0,
+        figures.canary_median_ms,
+        bs.requests,
+        figures.baseline_error_ratio * 100.0,
+        figures.baseline_median_ms,
+        figures.errors_p,
+        figures.latency_p,
+        t.alpha,
+        t.error_points * 100.0,
+        t.latency_shift * 100.0,
+    );
+    Judged {
+        app: p.app,
+        canary: p.canary,
+        verdict,
+        figures,
+        numbers,
+        min_requests: t.min_requests,
+    }
+}
+
 /// The persisted part: every app's rollout state.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateFile {
@@ -441,9 +530,6 @@ impl Engine {
         let config = self.config.clone();
         let mut changed = false;
         for app in &config.apps {
-            if self.analyse(app) {
-                changed = true;
-            }
             if let Some(state) = self.states.get_mut(&app.name) {
                 if state.tick(app, now) {
                     changed = true;
@@ -476,131 +562,104 @@ impl Engine {
         changed
     }
 
-    /// Judges the interval that just ended, if one did. Returns whether the state changed.
-    fn analyse(&mut self, app: &App) -> bool {
-        let Some(state) = self.states.get(&app.name) else {
-            return false;
-        };
-        let Some(r) = &state.rollout else {
-            self.interval_start.remove(&app.name);
-            return false;
-        };
-        if !app.analysis.enabled || r.paused {
-            return false;
-        }
-        let start = *self
-            .interval_start
-            .entry(app.name.clone())
-            .or_insert_with(Instant::now);
-        if start.elapsed() < app.analysis.interval {
-            return false;
-        }
-        self.interval_start.insert(app.name.clone(), Instant::now());
-        let baseline_id = r.baseline.clone().unwrap_or_else(|| state.stable.clone());
-        let (Some(canary), Some(baseline)) = (
-            self.runtime(&app.name, &r.version).cloned(),
-            self.runtime(&app.name, &baseline_id).cloned(),
-        ) else {
-            return false;
-        };
-        let (c, b) = (canary.take_window(), baseline.take_window());
-        let sample = |w: crate::runtime::Window| stats::Sample {
-            requests: w.requests,
-            errors: w.errors,
-            latencies: w.latencies,
-        };
-        let (cs, bs) = (sample(c), sample(b));
-        let t = stats::Thresholds {
-            min_requests: app.analysis.min_requests,
-            alpha: app.analysis.alpha,
-            error_points: app.analysis.error_points,
-            latency_shift: app.analysis.latency_shift,
-        };
-        let verdict = stats::judge(&cs, &bs, &t);
-        let ratio = |s: &stats::Sample| {
-            if s.requests == 0 {
-                0.0
-            } else {
-                s.errors as f64 / s.requests as f64
+    /// Takes the samples of every app whose analysis interval just ended; they are judged
+    /// off the engine's lock and off the data plane's threads ([`judge`]), and the verdicts
+    /// come back through [`Engine::apply_verdict`].
+    pub fn due_analyses(&mut self) -> Vec<Pending> {
+        let config = self.config.clone();
+        let mut due = Vec::new();
+        for app in &config.apps {
+            let Some(state) = self.states.get(&app.name) else {
+                continue;
+            };
+            let Some(r) = &state.rollout else {
+                self.interval_start.remove(&app.name);
+                continue;
+            };
+            if !app.analysis.enabled || r.paused {
+                continue;
             }
-        };
-        let enough = cs.requests >= 2 && bs.requests >= 2;
-        let figures = AnalysisFigures {
-            verdict: match verdict {
-                stats::Verdict::Pass => VerdictKind::Pass,
-                stats::Verdict::NoData => VerdictKind::NoData,
-                stats::Verdict::Fail(_) => VerdictKind::Fail,
-            },
-            canary_error_ratio: ratio(&cs),
-            baseline_error_ratio: ratio(&bs),
-            canary_median_ms: stats::median(&cs.latencies).unwrap_or(0.0),
-            baseline_median_ms: stats::median(&bs.latencies).unwrap_or(0.0),
-            errors_p: if enough {
-                stats::two_proportion_p(cs.errors, cs.requests, bs.errors, bs.requests)
-            } else {
-                1.0
-            },
-            latency_p: if enough {
-                stats::mann_whitney_greater_p(&cs.latencies, &bs.latencies)
-            } else {
-                1.0
-            },
-            alpha: t.alpha,
-            error_points: t.error_points,
-            latency_shift: t.latency_shift,
-        };
-        self.shared.metrics.analysis(&app.name, &figures);
-        let against = if r.baseline.is_some() {
-            format!("baseline {baseline_id}")
-        } else {
-            format!("stable {baseline_id} (no separate baseline declared)")
-        };
-        let numbers = format!(
-            "canary {} req, {:.2}% errors, median {:.2} ms; {against}: {} req, {:.2}% errors, median {:.2} ms; p(errors) = {:.3e}, p(latency) = {:.3e}; thresholds: alpha {}, errors +{} points, latency +{}%",
-            cs.requests,
-            figures.canary_error_ratio * 100.0,
-            figures.canary_median_ms,
-            bs.requests,
-            figures.baseline_error_ratio * 100.0,
-            figures.baseline_median_ms,
-            figures.errors_p,
-            figures.latency_p,
-            t.alpha,
-            t.error_points * 100.0,
-            t.latency_shift * 100.0,
-        );
-        self.last_verdicts.insert(app.name.clone(), figures);
-        let now = unix_ms();
-        let Some(state) = self.states.get_mut(&app.name) else {
+            let start = *self
+                .interval_start
+                .entry(app.name.clone())
+                .or_insert_with(Instant::now);
+            if start.elapsed() < app.analysis.interval {
+                continue;
+            }
+            self.interval_start.insert(app.name.clone(), Instant::now());
+            let baseline = r.baseline.clone().unwrap_or_else(|| state.stable.clone());
+            let (Some(canary_rt), Some(baseline_rt)) = (
+                self.runtime(&app.name, &r.version),
+                self.runtime(&app.name, &baseline),
+            ) else {
+                continue;
+            };
+            let sample = |w: crate::runtime::Window| stats::Sample {
+                requests: w.requests,
+                errors: w.errors,
+                latencies: w.latencies,
+            };
+            due.push(Pending {
+                app: app.name.clone(),
+                canary: r.version.clone(),
+                separate_baseline: r.baseline.is_some(),
+                baseline,
+                canary_sample: sample(canary_rt.take_window()),
+                baseline_sample: sample(baseline_rt.take_window()),
+                thresholds: stats::Thresholds {
+                    min_requests: app.analysis.min_requests,
+                    alpha: app.analysis.alpha,
+                    error_points: app.analysis.error_points,
+                    latency_shift: app.analysis.latency_shift,
+                },
+            });
+        }
+        due
+    }
+
+    /// Records a judged interval: exports it, logs it with its numbers, counts a pass, or
+    /// rolls the canary back. Returns whether the state changed.
+    pub fn apply_verdict(&mut self, j: Judged) -> bool {
+        let Some(app) = self.config.apps.iter().find(|a| a.name == j.app).cloned() else {
             return false;
         };
-        match verdict {
+        let Some(state) = self.states.get_mut(&j.app) else {
+            return false;
+        };
+        // The rollout may have ended or changed while the numbers were crunched.
+        if state.rollout.as_ref().map(|r| &r.version) != Some(&j.canary) {
+            return false;
+        }
+        self.shared.metrics.analysis(&j.app, &j.figures);
+        let now = unix_ms();
+        let numbers = j.numbers;
+        match j.verdict {
             stats::Verdict::NoData => {
                 state.log(
                     now,
-                    format!(
-                        "interval: no data, holding (fewer than {} requests on a side): {numbers}",
-                        t.min_requests
-                    ),
+                    format!("interval: no data, holding (fewer than {} requests on a side): {numbers}", j.min_requests),
                 );
-                true
             }
             stats::Verdict::Pass => {
                 state.passed();
                 state.log(now, format!("interval: pass: {numbers}"));
-                true
             }
             stats::Verdict::Fail(why) => {
+                tracing::warn!(app = %j.app, canary = %j.canary, reason = %why, "canary failed its analysis; rolling back");
                 state.log(now, format!("interval: FAIL ({why}): {numbers}"));
                 if state
-                    .rollback(app, now, &format!("analysis failed: {why}"))
+                    .rollback(&app, now, &format!("analysis failed: {why}"))
                     .is_ok()
                 {
-                    self.shared.metrics.rollback(&app.name, "analysis");
+                    self.shared.metrics.rollback(&j.app, "analysis");
+                    self.last_verdicts.insert(j.app.clone(), j.figures);
+                    self.publish(None);
+                    return true;
                 }
-                true
             }
         }
+        self.last_verdicts.insert(j.app.clone(), j.figures);
+        true
     }
 
     /// The state file's contents now (written by [`persist`] outside the engine's lock).

@@ -53,6 +53,17 @@ impl EndpointRt {
     }
 }
 
+/// Latency samples kept per version and interval (a uniform sample beyond this).
+pub const SAMPLE_CAP: usize = 20_000;
+
+/// A well-mixed 64-bit hash (SplitMix64's finalizer), for sampling without an RNG.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Requests measured in the current analysis interval.
 #[derive(Debug, Default)]
 pub struct Window {
@@ -85,6 +96,10 @@ pub struct VersionRt {
     pub outlier: config::Outlier,
     /// What it was built from, to tell whether a reload changed it.
     pub spec: Spec,
+    /// The last `Set-Cookie` value made for this version, and the minute it was made in:
+    /// signing once a minute instead of once per new session keeps HMAC off the hot path
+    /// (sessions then expire on a minute boundary, which nobody can tell apart).
+    cookie: ArcSwap<(u64, Option<http::HeaderValue>)>,
 }
 
 /// The configuration a version runtime is built from.
@@ -179,6 +194,7 @@ impl VersionRt {
             health: app.health.clone(),
             outlier: app.outlier.clone(),
             spec: Spec::of(app, version),
+            cookie: ArcSwap::from_pointee((u64::MAX, None)),
         }
     }
 
@@ -217,7 +233,17 @@ impl VersionRt {
         if let Ok(mut w) = self.window.lock() {
             w.requests += 1;
             w.errors += u64::from(error);
-            w.latencies.push(latency.as_secs_f64() * 1000.0);
+            let ms = latency.as_secs_f64() * 1000.0;
+            if w.latencies.len() < SAMPLE_CAP {
+                w.latencies.push(ms);
+            } else {
+                // Reservoir sampling (Vitter's algorithm R): every request of the interval
+                // has the same chance to be in the sample, and memory stays bounded.
+                let slot = splitmix64(w.requests) % w.requests;
+                if let Some(s) = usize::try_from(slot).ok().and_then(|i| w.latencies.get_mut(i)) {
+                    *s = ms;
+                }
+            }
         }
     }
 
@@ -227,6 +253,34 @@ impl VersionRt {
             .lock()
             .map(|mut w| std::mem::take(&mut *w))
             .unwrap_or_default()
+    }
+
+    /// The `Set-Cookie` header pinning a session to this version.
+    pub fn session_cookie(
+        &self,
+        signer: &crate::sticky::Signer,
+        settings: &ProxySettings,
+        now: u64,
+        secure: bool,
+    ) -> Option<http::HeaderValue> {
+        let minute = now / 60;
+        let cached = self.cookie.load();
+        if cached.0 == minute && !secure {
+            return cached.1.clone();
+        }
+        let ttl = settings.session_ttl.as_secs();
+        let value = signer.sign(&self.id, (minute + 1) * 60 + ttl).and_then(|v| {
+            http::HeaderValue::from_str(&format!(
+                "{}={v}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Lax{}",
+                settings.session_cookie,
+                if secure { "; Secure" } else { "" }
+            ))
+            .ok()
+        });
+        if !secure {
+            self.cookie.store(Arc::new((minute, value.clone())));
+        }
+        value
     }
 
     /// Closes idle pooled connections (a draining version keeps only its in-flight ones).

@@ -74,6 +74,27 @@ impl Running {
     }
 }
 
+/// Steers new connections of a listening address to this process's socket: a classic BPF
+/// program on the SO_REUSEPORT group that picks the group's second socket. When an older
+/// proxy holds the first, this one (started later, for a handover) gets every new
+/// connection while the old one finishes what it has; alone in the group, the index is out
+/// of range and the kernel falls back to its hash, which is then this socket anyway.
+fn take_new_connections(socket: &socket2::Socket) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt::AttachReusePortCbpf};
+    // BPF_RET | BPF_K: return the constant 1.
+    let program = [libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 1,
+    }];
+    let fprog = libc::sock_fprog {
+        len: 1,
+        filter: program.as_ptr().cast_mut(),
+    };
+    setsockopt(socket, AttachReusePortCbpf, &fprog).map_err(std::io::Error::from)
+}
+
 /// Binds a listening socket that other processes may share (SO_REUSEPORT).
 fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     let domain = socket2::Domain::for_address(address);
@@ -83,6 +104,10 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(1024)?;
+    if let Err(e) = take_new_connections(&socket) {
+        // Handover then loses what lands in the old process's queue as it closes.
+        tracing::warn!(%address, error = %e, "cannot steer new connections to this process");
+    }
     TcpListener::from_std(socket.into())
 }
 
@@ -369,11 +394,7 @@ fn serve(
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
 ) {
-    let conn = Conn {
-        shared,
-        peer,
-        tls: tls.is_some(),
-    };
+    let conn = Conn::new(shared, peer, tls.is_some());
     let service = hyper::service::service_fn(move |req| dataplane::handle(req, conn.clone()));
     match tls {
         None => {
@@ -421,7 +442,21 @@ async fn ticker(admin: Arc<Admin>) {
             () = admin.shared.health_changed.notified() => {}
         }
         let mut engine = admin.engine.lock().await;
-        if engine.tick() {
+        let mut changed = engine.tick();
+        let due = engine.due_analyses();
+        if !due.is_empty() {
+            drop(engine);
+            let judged = tokio::task::spawn_blocking(move || {
+                due.into_iter().map(crate::engine::judge).collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            engine = admin.engine.lock().await;
+            for j in judged {
+                changed |= engine.apply_verdict(j);
+            }
+        }
+        if changed {
             if let Err(e) = admin.save(engine).await {
                 tracing::error!(error = %e, "rollout state not saved");
             }

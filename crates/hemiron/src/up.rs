@@ -42,6 +42,32 @@ pub struct UpArgs {
     /// Accelerator for VMs.
     #[arg(long, default_value = "auto")]
     pub accel: hemiron_node::AccelChoice,
+    /// The deploy proxy's address, written into its configuration file when that file is
+    /// made (DATA/proxy/proxy.toml; later, the file decides).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub proxy_listen: SocketAddr,
+    /// The deploy proxy's admin API and /metrics.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub proxy_admin: SocketAddr,
+}
+
+/// The deploy proxy's configuration, made on first run: a listener and, commented out, an
+/// example app to copy.
+fn proxy_config(dir: &Path, listen: SocketAddr) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("proxy.toml");
+    if !path.exists() {
+        let text = format!(
+            "# The deploy proxy of `hemiron up`. Declare apps and their versions here: the proxy\n\
+             # reloads this file when it changes. Then `hemiron rollout start APP VERSION`.\n\
+             [proxy]\naccess_log = \"off\"\n\n[[listeners]]\naddress = \"{listen}\"\n\n\
+             # [apps.myapp]\n# hosts = [\"myapp.localhost\"]\n# stable = \"v1\"\n\
+             # [apps.myapp.versions.v1]\n# endpoints = [\"127.0.0.1:3000\"]\n\
+             # [apps.myapp.versions.v2]\n# endpoints = [\"127.0.0.1:3001\"]\n"
+        );
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(path)
 }
 
 fn default_data_dir() -> PathBuf {
@@ -403,7 +429,17 @@ pub fn run(
     } else {
         None
     };
+    let proxy_dir = data.join("proxy");
+    let proxy_opts = hemiron_proxy::ProxyOptions {
+        config: proxy_config(&proxy_dir, args.proxy_listen)?,
+        state_dir: proxy_dir.join("state"),
+        admin: args.proxy_admin,
+        admin_token: None,
+    };
     rt.block_on(async move {
+        let proxy = hemiron_proxy::start(proxy_opts.clone())
+            .await
+            .with_context(|| format!("the deploy proxy ({}) did not start", proxy_opts.config.display()))?;
         let opts = hemiron_server::server::ServerOptions {
             data_dir: server_dir,
             listen: args.listen,
@@ -439,6 +475,18 @@ pub fn run(
         println!("  API:      {}/api/v1  (docs {}/api/v1/docs, OpenAPI {}/api/v1/openapi.json)", running.url, running.url, running.url);
         println!("  node:     {}  (cluster {CLUSTER:?}, fingerprint {})", node_url.trim_end_matches("/api2/json"), cert.fingerprint);
         println!("  log in:   user admin (its password was printed when it was made, or HEMIRON_ADMIN_PASSWORD)");
+        for (_, addr, tls) in &proxy.listeners {
+            println!(
+                "  proxy:    {}://{addr}  (admin http://{}, token in {}; apps in {})",
+                if *tls { "https" } else { "http" },
+                proxy.admin,
+                proxy
+                    .token_file
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |f| f.display().to_string()),
+                proxy_opts.config.display()
+            );
+        }
         println!("  data:     {}", data.display());
         println!();
         let template_task = {
@@ -456,6 +504,7 @@ pub fn run(
         };
         let result = running.wait().await;
         template_task.abort();
+        proxy.shutdown().await;
         result.map_err(anyhow::Error::from)
     })?;
     drop(node_child);

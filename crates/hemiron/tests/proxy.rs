@@ -474,3 +474,67 @@ fn reloads_keep_rollouts_and_state_survives_restarts() {
     common::proxy::terminate(&mut child);
     assert!(listen.starts_with("127.0.0.1:"));
 }
+
+#[test]
+fn a_second_proxy_takes_over_without_losing_a_request() {
+    let rt = runtime();
+    let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
+    // Requests take 300 ms: some are always in flight on the old process when it stops.
+    a.behaviour.delay_ms.store(300, Ordering::SeqCst);
+    let dir = tempdir();
+    let mut first = Proxy::start(
+        dir.path(),
+        &config(&[("v1", &[&a]), ("v2", &[&b])], "[apps.shop.analysis]\nenabled = false\n"),
+    );
+    let url = first.url("/");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Clients: a new connection per request, and one keep-alive client.
+    let load = {
+        let (url, stop) = (url.clone(), stop.clone());
+        rt.spawn(async move {
+            let fresh = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let mut tasks = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let (client, url) = (fresh.clone(), url.clone());
+                tasks.push(tokio::spawn(async move {
+                    let r = client.get(&url).send().await.map_err(|e| e.to_string())?;
+                    if r.status().is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("status {}", r.status()))
+                    }
+                }));
+            }
+            let mut results = Vec::new();
+            for t in tasks {
+                results.push(t.await.unwrap());
+            }
+            results
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    // The second proxy: same configuration, same state, same ports.
+    let mut second = first.spawn();
+    wait_for("the second proxy to listen", Duration::from_secs(20), || {
+        (first.log().matches("admin API on").count() >= 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut old = first.take_child().unwrap();
+    common::proxy::terminate(&mut old);
+    assert!(old.try_wait().unwrap().is_some(), "the first proxy exited");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    let results = rt.block_on(load).unwrap();
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(results.len() > 300, "{} requests", results.len());
+    assert!(failed.is_empty(), "{} of {} failed: {:?}", failed.len(), results.len(), &failed[..failed.len().min(5)]);
+    // The second one serves on.
+    let r = reqwest::blocking::get(&url).unwrap();
+    assert!(r.status().is_success());
+    common::proxy::terminate(&mut second);
+}

@@ -27,6 +27,10 @@ impl Up {
                 "127.0.0.1:0",
                 "--node-listen",
                 "127.0.0.1:0",
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--proxy-admin",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(data)
@@ -132,6 +136,15 @@ fn vm_up_prints_a_create_line_that_gives_a_vps_to_ssh_into() {
     // The OpenAPI document answers at once (the template is made in the background).
     let doc = reqwest::blocking::get(format!("{url}/openapi.json")).unwrap();
     assert_eq!(doc.status(), 200);
+    // The deploy proxy runs too: its data address answers (no app yet: 404), and its admin
+    // port too.
+    let proxy_line = up.wait_line("proxy:", Duration::from_secs(5));
+    let proxy_url = proxy_line.split_whitespace().nth(1).unwrap().to_string();
+    let r = reqwest::blocking::get(format!("{proxy_url}/")).unwrap();
+    assert_eq!(r.status(), 404);
+    let admin = proxy_line.split("admin ").nth(1).unwrap().split(',').next().unwrap();
+    let r = reqwest::blocking::get(format!("{admin}/healthz")).unwrap();
+    assert_eq!(r.status(), 200);
 
     up.wait_line("Create a VPS", Duration::from_secs(300));
     let create = up.wait_line("vps create", Duration::from_secs(5));
