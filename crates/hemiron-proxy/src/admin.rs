@@ -155,7 +155,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         admin.shared.metrics.render(),
     )

@@ -18,7 +18,7 @@ use crate::config::{App, Config};
 use crate::metrics::{AnalysisFigures, Metrics, VerdictKind};
 use crate::rollout::{AppState, RolloutError, Strategy};
 use crate::routing::{State, Table, Version};
-use crate::runtime::{now_ms, AppRoute, AppShared, Routes, Spec, VersionRt};
+use crate::runtime::{now_ms, AppRoute, AppShared, Routes, VersionRt};
 use crate::stats;
 use crate::sticky::Signer;
 
@@ -92,7 +92,7 @@ pub fn judge(p: Pending) -> Judged {
             1.0
         },
         latency_p: if enough {
-            stats::mann_whitney_greater_p(&cs.latencies, &bs.latencies)
+            stats::latency_p(cs, bs, t)
         } else {
             1.0
         },
@@ -176,7 +176,11 @@ pub fn unix_ms() -> u64 {
 pub struct Engine {
     config: Arc<Config>,
     states: BTreeMap<String, AppState>,
-    runtimes: HashMap<(String, String), Arc<VersionRt>>,
+    /// App → version → runtime.
+    runtimes: HashMap<String, HashMap<String, Arc<VersionRt>>>,
+    /// Per app, what the data plane matches requests by (shared by every table).
+    route_keys: HashMap<String, Arc<crate::runtime::RouteKeys>>,
+    settings: Arc<crate::config::ProxySettings>,
     apps_shared: HashMap<String, Arc<AppShared>>,
     pub shared: Arc<Shared>,
     signer: Signer,
@@ -222,10 +226,11 @@ impl Engine {
             }
         };
         let settings = Arc::new(config.proxy.clone());
+        let routes_settings = settings.clone();
         let shared = Arc::new(Shared {
             routes: ArcSwap::from_pointee(Routes {
                 apps: Vec::new(),
-                settings: settings.clone(),
+                settings: routes_settings,
                 signer: signer.clone(),
                 generation: 0,
             }),
@@ -243,6 +248,8 @@ impl Engine {
             config: Arc::new(config),
             states: saved.apps,
             runtimes: HashMap::new(),
+            route_keys: HashMap::new(),
+            settings,
             apps_shared: HashMap::new(),
             shared,
             signer,
@@ -266,7 +273,7 @@ impl Engine {
     }
 
     pub fn runtime(&self, app: &str, version: &str) -> Option<&Arc<VersionRt>> {
-        self.runtimes.get(&(app.to_owned(), version.to_owned()))
+        self.runtimes.get(app).and_then(|m| m.get(version))
     }
 
     /// Brings saved states in line with the configuration; returns the apps whose rollout
@@ -293,10 +300,8 @@ impl Engine {
         app: &App,
         version: &crate::config::AppVersion,
     ) -> Arc<VersionRt> {
-        let key = (app.name.clone(), version.id.clone());
-        let spec = Spec::of(app, version);
-        if let Some(rt) = self.runtimes.get(&key) {
-            if rt.spec == spec {
+        if let Some(rt) = self.runtime(&app.name, &version.id) {
+            if rt.spec.matches(app, version) {
                 return rt.clone();
             }
         }
@@ -306,7 +311,12 @@ impl Engine {
             &self.config.proxy,
             self.shared.metrics.version(&app.name, &version.id),
         ));
-        if let Some(old) = self.runtimes.insert(key, rt.clone()) {
+        let old = self
+            .runtimes
+            .entry(app.name.clone())
+            .or_default()
+            .insert(version.id.clone(), rt.clone());
+        if let Some(old) = old {
             // Its endpoints changed: the old set finishes what it has, then goes away.
             self.start_drain(old);
         }
@@ -320,7 +330,7 @@ impl Engine {
         let now = now_ms(self.shared.epoch);
         let config = self.config.clone();
         let mut apps = Vec::with_capacity(config.apps.len());
-        let mut serving = HashSet::new();
+        // Only what the data plane needs is built before the swap; bookkeeping comes after.
         for app in &config.apps {
             let Some(state) = self.states.get(&app.name) else {
                 continue;
@@ -332,19 +342,25 @@ impl Engine {
                 .filter(|_| app.analysis.enabled)
                 .map(|r| {
                     (
-                        r.version.clone(),
-                        r.baseline.clone().unwrap_or_else(|| state.stable.clone()),
+                        r.version.as_str(),
+                        r.baseline.as_deref().unwrap_or(&state.stable),
                     )
                 });
             let mut versions = Vec::with_capacity(app.versions.len());
             let mut rts = Vec::with_capacity(app.versions.len());
+            let mut collect = Vec::with_capacity(app.versions.len());
             for v in &app.versions {
-                let rt = self.version_runtime(app, v);
                 let weight = weights.iter().find(|(id, _)| *id == v.id).map(|(_, w)| *w);
-                if weight.is_some() {
-                    serving.insert((app.name.clone(), v.id.clone()));
-                }
-                versions.push(Version {
+                versions.push((v, weight));
+                collect.push(analysed.is_some_and(|(c, b)| c == v.id || b == v.id));
+            }
+            for (v, _) in &versions {
+                rts.push(self.version_runtime(app, v));
+            }
+            let table_versions: Vec<Version> = versions
+                .iter()
+                .zip(&rts)
+                .map(|((v, weight), rt)| Version {
                     id: v.id.clone(),
                     weight: weight.unwrap_or(0),
                     state: if weight.is_some() {
@@ -353,14 +369,12 @@ impl Engine {
                         State::Idle
                     },
                     healthy: rt.healthy(now),
-                });
-                let collect = analysed
-                    .as_ref()
-                    .is_some_and(|(c, b)| *c == v.id || *b == v.id);
-                rt.collect.store(collect, Ordering::Relaxed);
-                rts.push(rt);
+                })
+                .collect();
+            for (rt, c) in rts.iter().zip(collect) {
+                rt.collect.store(c, Ordering::Relaxed);
             }
-            let table = match Table::new(versions, self.generation) {
+            let table = match Table::new(table_versions, self.generation) {
                 Ok(t) => t,
                 Err(e) => {
                     // The rollout logic keeps weights whole; this is a bug, not an input error.
@@ -368,15 +382,27 @@ impl Engine {
                     continue;
                 }
             };
-            let shared = self
-                .apps_shared
-                .entry(app.name.clone())
-                .or_default()
-                .clone();
+            let shared = match self.apps_shared.get(&app.name) {
+                Some(s) => s.clone(),
+                None => self
+                    .apps_shared
+                    .entry(app.name.clone())
+                    .or_default()
+                    .clone(),
+            };
+            let keys = match self.route_keys.get(&app.name) {
+                Some(k) if k.hosts == app.hosts && k.paths == app.paths => k.clone(),
+                _ => {
+                    let k = Arc::new(crate::runtime::RouteKeys {
+                        hosts: app.hosts.clone(),
+                        paths: app.paths.clone(),
+                    });
+                    self.route_keys.insert(app.name.clone(), k.clone());
+                    k
+                }
+            };
             apps.push(Arc::new(AppRoute {
-                name: app.name.clone(),
-                hosts: app.hosts.clone(),
-                paths: app.paths.clone(),
+                keys,
                 table,
                 versions: rts,
                 shared,
@@ -384,7 +410,7 @@ impl Engine {
         }
         let routes = Routes {
             apps,
-            settings: Arc::new(config.proxy.clone()),
+            settings: self.settings.clone(),
             signer: self.signer.clone(),
             generation: self.generation,
         };
@@ -395,47 +421,49 @@ impl Engine {
                 .switch_seconds(t.elapsed().as_secs_f64());
         }
         // After the swap: bookkeeping that no request waits for.
+        let mut serving = HashSet::new();
         for app in &config.apps {
             if let Some(state) = self.states.get(&app.name) {
                 let weights = state.weights();
                 for v in &app.versions {
-                    let w = weights
-                        .iter()
-                        .find(|(id, _)| *id == v.id)
-                        .map_or(0, |(_, w)| *w);
-                    self.shared.metrics.set_weight(&app.name, &v.id, w);
+                    let w = weights.iter().find(|(id, _)| *id == v.id).map(|(_, w)| *w);
+                    if w.is_some() {
+                        serving.insert((app.name.clone(), v.id.clone()));
+                    }
+                    self.shared
+                        .metrics
+                        .set_weight(&app.name, &v.id, w.unwrap_or(0));
                 }
             }
         }
         let stopped: Vec<(String, String)> = self.serving.difference(&serving).cloned().collect();
         let started: Vec<(String, String)> = serving.difference(&self.serving).cloned().collect();
-        for key in started {
-            if let Some(rt) = self.runtimes.get(&key) {
+        for (app, version) in started {
+            if let Some(rt) = self.runtime(&app, &version) {
                 rt.drain_generation.fetch_add(1, Ordering::Relaxed);
             }
         }
-        for key in stopped {
-            if let Some(rt) = self.runtimes.get(&key).cloned() {
+        for (app, version) in stopped {
+            if let Some(rt) = self.runtime(&app, &version).cloned() {
                 self.start_drain(rt);
             }
         }
         self.serving = serving;
         // Runtimes of versions no longer configured.
-        let configured: HashSet<(String, String)> = config
-            .apps
-            .iter()
-            .flat_map(|a| a.versions.iter().map(|v| (a.name.clone(), v.id.clone())))
-            .collect();
-        let gone: Vec<(String, String)> = self
-            .runtimes
-            .keys()
-            .filter(|k| !configured.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            if let Some(rt) = self.runtimes.remove(&key) {
-                self.start_drain(rt);
-            }
+        let mut gone = Vec::new();
+        for (app, versions) in &mut self.runtimes {
+            let declared = config.apps.iter().find(|a| &a.name == app);
+            versions.retain(|id, rt| {
+                let keep = declared.is_some_and(|a| a.version(id).is_some());
+                if !keep {
+                    gone.push(rt.clone());
+                }
+                keep
+            });
+        }
+        self.runtimes.retain(|_, m| !m.is_empty());
+        for rt in gone {
+            self.start_drain(rt);
         }
     }
 
@@ -546,14 +574,15 @@ impl Engine {
                 .zip(&a.versions)
                 .any(|(v, rt)| v.healthy != rt.healthy(mono))
         });
-        for rt in self.runtimes.values() {
+        for rt in self.runtimes.values().flat_map(HashMap::values) {
             for e in &rt.endpoints {
-                self.shared.metrics.set_endpoint_healthy(
-                    &rt.app,
-                    &rt.id,
-                    &e.address,
-                    e.usable(mono),
-                );
+                let ok = e.usable(mono);
+                // Exported when it changes (a series lookup allocates; the tick is frequent).
+                if e.reported.swap(u8::from(ok), Ordering::Relaxed) != u8::from(ok) {
+                    self.shared
+                        .metrics
+                        .set_endpoint_healthy(&rt.app, &rt.id, &e.address, ok);
+                }
             }
         }
         if changed || stale {
@@ -637,7 +666,10 @@ impl Engine {
             stats::Verdict::NoData => {
                 state.log(
                     now,
-                    format!("interval: no data, holding (fewer than {} requests on a side): {numbers}", j.min_requests),
+                    format!(
+                        "interval: no data, holding (fewer than {} requests on a side): {numbers}",
+                        j.min_requests
+                    ),
                 );
             }
             stats::Verdict::Pass => {

@@ -45,6 +45,8 @@ pub struct EndpointRt {
     pub next_check: AtomicU64,
     pub check_passes: AtomicU32,
     pub check_failures: AtomicU32,
+    /// The health last exported as a metric (2: never).
+    pub reported: std::sync::atomic::AtomicU8,
 }
 
 impl EndpointRt {
@@ -111,6 +113,13 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// Whether a runtime built from this spec still fits the configuration (no copies).
+    pub fn matches(&self, app: &App, version: &config::AppVersion) -> bool {
+        self.endpoints == version.endpoints
+            && self.health == app.health
+            && self.outlier == app.outlier
+    }
+
     pub fn of(app: &App, version: &config::AppVersion) -> Spec {
         Spec {
             endpoints: version.endpoints.clone(),
@@ -156,6 +165,7 @@ impl VersionRt {
                     next_check: AtomicU64::new(0),
                     check_passes: AtomicU32::new(0),
                     check_failures: AtomicU32::new(0),
+                    reported: std::sync::atomic::AtomicU8::new(2),
                 }))
             })
             .collect();
@@ -210,7 +220,14 @@ impl VersionRt {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // A retry looks on from where the round robin is, without taking a turn: otherwise
+        // every retry would shift the rotation and requests would keep starting on the
+        // endpoint that just failed.
+        let start = if avoid.is_empty() {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.next.load(Ordering::Relaxed)
+        };
         let mut fallback = None;
         for k in 0..n {
             let i = self.pick_order[(start + k) % n];
@@ -240,7 +257,10 @@ impl VersionRt {
                 // Reservoir sampling (Vitter's algorithm R): every request of the interval
                 // has the same chance to be in the sample, and memory stays bounded.
                 let slot = splitmix64(w.requests) % w.requests;
-                if let Some(s) = usize::try_from(slot).ok().and_then(|i| w.latencies.get_mut(i)) {
+                if let Some(s) = usize::try_from(slot)
+                    .ok()
+                    .and_then(|i| w.latencies.get_mut(i))
+                {
                     *s = ms;
                 }
             }
@@ -269,14 +289,16 @@ impl VersionRt {
             return cached.1.clone();
         }
         let ttl = settings.session_ttl.as_secs();
-        let value = signer.sign(&self.id, (minute + 1) * 60 + ttl).and_then(|v| {
-            http::HeaderValue::from_str(&format!(
-                "{}={v}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Lax{}",
-                settings.session_cookie,
-                if secure { "; Secure" } else { "" }
-            ))
-            .ok()
-        });
+        let value = signer
+            .sign(&self.id, (minute + 1) * 60 + ttl)
+            .and_then(|v| {
+                http::HeaderValue::from_str(&format!(
+                    "{}={v}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Lax{}",
+                    settings.session_cookie,
+                    if secure { "; Secure" } else { "" }
+                ))
+                .ok()
+            });
         if !secure {
             self.cookie.store(Arc::new((minute, value.clone())));
         }
@@ -304,12 +326,17 @@ pub struct AppShared {
     pub tickets: AtomicU64,
 }
 
+/// What requests are matched to an app by.
+#[derive(Debug)]
+pub struct RouteKeys {
+    pub hosts: Vec<String>,
+    pub paths: Vec<String>,
+}
+
 /// One app in the published routes.
 #[derive(Debug)]
 pub struct AppRoute {
-    pub name: String,
-    pub hosts: Vec<String>,
-    pub paths: Vec<String>,
+    pub keys: Arc<RouteKeys>,
     pub table: Table,
     /// Aligned with `table.versions()`.
     pub versions: Vec<Arc<VersionRt>>,
@@ -332,11 +359,11 @@ impl Routes {
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<AppRoute>> {
         let mut best: Option<(&Arc<AppRoute>, usize, bool)> = None;
         for app in &self.apps {
-            let named = app.hosts.iter().any(|h| config::host_matches(h, host));
-            if !named && !app.hosts.is_empty() {
+            let named = app.keys.hosts.iter().any(|h| config::host_matches(h, host));
+            if !named && !app.keys.hosts.is_empty() {
                 continue;
             }
-            for prefix in &app.paths {
+            for prefix in &app.keys.paths {
                 if prefix_matches(prefix, path) {
                     let better = match best {
                         None => true,

@@ -447,7 +447,9 @@ async fn ticker(admin: Arc<Admin>) {
         if !due.is_empty() {
             drop(engine);
             let judged = tokio::task::spawn_blocking(move || {
-                due.into_iter().map(crate::engine::judge).collect::<Vec<_>>()
+                due.into_iter()
+                    .map(crate::engine::judge)
+                    .collect::<Vec<_>>()
             })
             .await
             .unwrap_or_default();

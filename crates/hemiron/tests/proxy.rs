@@ -34,6 +34,22 @@ fn config(versions: &[(&str, &[&Upstream])], extra: &str) -> String {
     text
 }
 
+/// Upstreams `v1` and `v2` and a proxy over them (no analysis: tests drive it by hand).
+fn two_versions(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+) -> (Upstream, Upstream, Proxy) {
+    let (a, b) = (upstream(rt, "v1"), upstream(rt, "v2"));
+    let proxy = Proxy::start(
+        dir,
+        &config(
+            &[("v1", &[&a]), ("v2", &[&b])],
+            "[apps.shop.analysis]\nenabled = false\n",
+        ),
+    );
+    (a, b, proxy)
+}
+
 fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("hp")
@@ -89,15 +105,8 @@ fn count_versions(rt: &tokio::runtime::Runtime, url: &str, n: usize) -> HashMap<
 #[test]
 fn weights_stickiness_and_overrides() {
     let rt = runtime();
-    let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
     let dir = tempdir();
-    let proxy = Proxy::start(
-        dir.path(),
-        &config(
-            &[("v1", &[&a]), ("v2", &[&b])],
-            "[apps.shop.analysis]\nenabled = false\n",
-        ),
-    );
+    let (a, b, proxy) = two_versions(&rt, dir.path());
     let url = proxy.url("/");
 
     // Before a rollout: everything on stable; v2 only by explicit override.
@@ -290,15 +299,8 @@ fn unhealthy_endpoints_and_versions_get_no_traffic() {
 #[test]
 fn websockets_through_a_rollout_and_their_drain() {
     let rt = runtime();
-    let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
     let dir = tempdir();
-    let proxy = Proxy::start(
-        dir.path(),
-        &config(
-            &[("v1", &[&a]), ("v2", &[&b])],
-            "[apps.shop.analysis]\nenabled = false\n",
-        ),
-    );
+    let (_a, _b, proxy) = two_versions(&rt, dir.path());
     let ws_url = format!("ws://{}/ws", proxy.data);
     rt.block_on(async {
         let (mut old, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
@@ -484,7 +486,10 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
     let dir = tempdir();
     let mut first = Proxy::start(
         dir.path(),
-        &config(&[("v1", &[&a]), ("v2", &[&b])], "[apps.shop.analysis]\nenabled = false\n"),
+        &config(
+            &[("v1", &[&a]), ("v2", &[&b])],
+            "[apps.shop.analysis]\nenabled = false\n",
+        ),
     );
     let url = first.url("/");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -520,9 +525,11 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
     std::thread::sleep(Duration::from_secs(1));
     // The second proxy: same configuration, same state, same ports.
     let mut second = first.spawn();
-    wait_for("the second proxy to listen", Duration::from_secs(20), || {
-        (first.log().matches("admin API on").count() >= 2).then_some(())
-    });
+    wait_for(
+        "the second proxy to listen",
+        Duration::from_secs(20),
+        || (first.log().matches("admin API on").count() >= 2).then_some(()),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let mut old = first.take_child().unwrap();
     common::proxy::terminate(&mut old);
@@ -532,9 +539,242 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
     let results = rt.block_on(load).unwrap();
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(results.len() > 300, "{} requests", results.len());
-    assert!(failed.is_empty(), "{} of {} failed: {:?}", failed.len(), results.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(5)]
+    );
     // The second one serves on.
     let r = reqwest::blocking::get(&url).unwrap();
     assert!(r.status().is_success());
     common::proxy::terminate(&mut second);
+}
+
+/// A self-signed certificate for `host`, written as `NAME.pem` and `NAME.key` in `dir`.
+fn certificate(dir: &std::path::Path, name: &str, host: &str) {
+    let cert = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    std::fs::write(dir.join(format!("{name}.pem.new")), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.key.new")),
+        cert.key_pair.serialize_pem(),
+    )
+    .unwrap();
+    // Both files change at once, as a certificate renewal would do it.
+    std::fs::rename(
+        dir.join(format!("{name}.key.new")),
+        dir.join(format!("{name}.key")),
+    )
+    .unwrap();
+    std::fs::rename(
+        dir.join(format!("{name}.pem.new")),
+        dir.join(format!("{name}.pem")),
+    )
+    .unwrap();
+}
+
+/// The subject and serial of the certificate served for `sni` (openssl s_client).
+fn served_certificate(addr: &str, sni: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {addr} -servername {sni} </dev/null 2>/dev/null | openssl x509 -noout -subject -serial"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn tls_with_sni_and_alpn_h2c_and_certificate_reloads() {
+    let rt = runtime();
+    let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    certificate(dir.path(), "shop", "shop.test");
+    certificate(dir.path(), "blog", "blog.test");
+    let tls_port = common::proxy::free_port();
+    let text = format!(
+        "[proxy]\nworkers = 2\n[[listeners]]\naddress = \"{{listen}}\"\n[[listeners]]\naddress = \"127.0.0.1:{tls_port}\"\ntls = true\n[[certificates]]\ncert = \"shop.pem\"\nkey = \"shop.key\"\nhosts = [\"shop.test\"]\n[[certificates]]\ncert = \"blog.pem\"\nkey = \"blog.key\"\nhosts = [\"blog.test\"]\n[apps.shop]\nstable = \"v1\"\n[apps.shop.analysis]\nenabled = false\n[apps.shop.versions.v1]\nendpoints = [\"{}\"]\n[apps.shop.versions.v2]\nendpoints = [\"{}\"]\n",
+        a.address(),
+        b.address()
+    );
+    let proxy = Proxy::start(dir.path(), &text);
+    let tls_addr = format!("127.0.0.1:{tls_port}");
+
+    // HTTPS: HTTP/2 by ALPN.
+    let client = reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("shop.test", tls_addr.parse().unwrap())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://shop.test:{tls_port}/"))
+        .send()
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(version_of(&r), "v1");
+    let set_cookie = session_cookie_header(&r);
+    assert!(set_cookie.contains("Secure"), "{set_cookie}");
+    let body = r.text().unwrap();
+    assert!(body.starts_with("v1 "), "{body}");
+
+    // h2c (prior knowledge) on the plain listener.
+    let h2c = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2c.get(proxy.url("/")).send().unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(version_of(&r), "v1");
+
+    // SNI picks the certificate.
+    let shop = served_certificate(&tls_addr, "shop.test");
+    let blog = served_certificate(&tls_addr, "blog.test");
+    assert!(
+        shop.contains("subject=") && blog.contains("subject="),
+        "{shop} {blog}"
+    );
+    assert_ne!(shop, blog);
+
+    // A renewed certificate is served without a restart.
+    certificate(dir.path(), "shop", "shop.test");
+    wait_for("the renewed certificate", Duration::from_secs(10), || {
+        let now = served_certificate(&tls_addr, "shop.test");
+        (now.contains("subject=") && now != shop).then_some(())
+    });
+    assert!(proxy.log().contains("certificate reloaded"));
+}
+
+fn session_cookie_header(resp: &reqwest::blocking::Response) -> String {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("hemiron-session="))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn failed_connects_are_retried_and_every_request_is_logged() {
+    let rt = runtime();
+    let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
+    // Nothing listens on this port: every connect to it fails.
+    let dead = format!("127.0.0.1:{}", common::proxy::free_port());
+    let dir = tempdir();
+    let log = dir.path().join("access.log");
+    let text = format!(
+        "[proxy]\nworkers = 2\naccess_log = \"{}\"\n[[listeners]]\naddress = \"{{listen}}\"\n[apps.shop]\nstable = \"v1\"\n[apps.shop.analysis]\nenabled = false\n[apps.shop.outlier]\nconsecutive_connect_failures = 1000\n[apps.shop.versions.v1]\nendpoints = [\"{dead}\", \"{}\"]\n[apps.shop.versions.v2]\nendpoints = [\"{}\"]\n",
+        log.display(),
+        a.address(),
+        b.address()
+    );
+    let proxy = Proxy::start(dir.path(), &text);
+    let http = reqwest::blocking::Client::new();
+    for i in 0..20 {
+        let r = if i % 2 == 0 {
+            http.get(proxy.url("/get")).send().unwrap()
+        } else {
+            http.post(proxy.url("/post"))
+                .body("payload")
+                .send()
+                .unwrap()
+        };
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    assert_eq!(a.posts(), 10, "each POST reached the live endpoint once");
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains(&format!(
+            "hemiron_proxy_upstream_connect_failures_total{{app=\"shop\",version=\"v1\",endpoint=\"{dead}\"}} 10"
+        )),
+        "{metrics}"
+    );
+    // One JSON line per request.
+    let lines = wait_for("the access log", Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (lines.len() >= 20).then_some(lines)
+    });
+    assert_eq!(lines.len(), 20);
+    let post = lines.iter().find(|l| l["method"] == "POST").unwrap();
+    for field in [
+        "time",
+        "remote",
+        "host",
+        "path",
+        "status",
+        "app",
+        "version",
+        "route",
+        "endpoint",
+        "attempts",
+        "duration_ms",
+    ] {
+        assert!(!post[field].is_null(), "{field} missing: {post}");
+    }
+    assert_eq!(post["path"], "/post");
+    assert_eq!(post["app"], "shop");
+    assert!(
+        lines.iter().any(|l| l["attempts"] == 2),
+        "a retried request says so"
+    );
+}
+
+#[test]
+fn the_rollout_commands_drive_the_admin_api() {
+    let rt = runtime();
+    let dir = tempdir();
+    let (_a, _b, proxy) = two_versions(&rt, dir.path());
+    let admin = format!("http://{}", proxy.admin);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::hemiron())
+            .args(args)
+            .args(["--admin", &admin, "--token", &proxy.token])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = cli(&["rollout", "start", "shop", "v2", "--canary", "10,50"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("canary of v2 at 10%"), "{out}");
+    let (code, out, _) = cli(&["rollout", "status", "shop"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("VERSION") && out.contains("90%"), "{out}");
+    let (code, out, _) = cli(&["rollout", "promote", "shop"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("at 50%"), "{out}");
+    let (code, out, _) = cli(&["rollout", "pause", "shop"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("[paused]"), "{out}");
+    let (code, _, _) = cli(&["rollout", "resume", "shop"]);
+    assert_eq!(code, 0);
+    let (code, out, _) = cli(&["rollback", "shop"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("rolled back"), "{out}");
+    // Refusals keep the CLI's exit codes: nothing to abort is a conflict (5), an unknown app
+    // is not found (4), a wrong token is not allowed (3).
+    let (code, _, err) = cli(&["rollout", "abort", "shop"]);
+    assert_eq!(code, 5, "{err}");
+    let (code, _, _) = cli(&["rollout", "status", "nope"]);
+    assert_eq!(code, 4);
+    let out = std::process::Command::new(common::hemiron())
+        .args(["rollout", "status", "--admin", &admin, "--token", "wrong"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    // --json for scripts.
+    let (code, out, _) = cli(&["--json", "rollout", "status", "shop"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stable"], "v1");
 }

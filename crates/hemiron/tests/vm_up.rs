@@ -142,7 +142,13 @@ fn vm_up_prints_a_create_line_that_gives_a_vps_to_ssh_into() {
     let proxy_url = proxy_line.split_whitespace().nth(1).unwrap().to_string();
     let r = reqwest::blocking::get(format!("{proxy_url}/")).unwrap();
     assert_eq!(r.status(), 404);
-    let admin = proxy_line.split("admin ").nth(1).unwrap().split(',').next().unwrap();
+    let admin = proxy_line
+        .split("admin ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
     let r = reqwest::blocking::get(format!("{admin}/healthz")).unwrap();
     assert_eq!(r.status(), 200);
 
