@@ -60,7 +60,10 @@ impl Admin {
         &self,
         engine: tokio::sync::MutexGuard<'_, Engine>,
     ) -> Result<(), AdminError> {
-        let bytes = engine.snapshot();
+        // Nothing is written rather than a damaged file.
+        let bytes = engine
+            .snapshot()
+            .map_err(|e| AdminError::Persist(e.to_string()))?;
         let path = engine.state_path().to_owned();
         let order = self.persist.lock().await;
         drop(engine);

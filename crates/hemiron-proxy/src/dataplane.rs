@@ -139,22 +139,29 @@ fn local(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
 
 /// The request's host, lower case, without port.
 fn host_of(req: &Request<Incoming>) -> String {
-    let raw = req
-        .uri()
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| match h.rsplit_once(':') {
-                    Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
-                        name.to_owned()
-                    }
-                    _ => h.to_owned(),
-                })
-        })
-        .unwrap_or_default();
+    host_name(
+        req.uri().host(),
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
+    )
+}
+
+/// The host name a request names: the URI's authority (HTTP/2, absolute-form) or else the
+/// `Host` header, without its port or IPv6 brackets, in lower case.
+fn host_name(authority: Option<&str>, host_header: Option<&str>) -> String {
+    let raw = match (authority, host_header) {
+        (Some(a), _) => a,
+        (None, Some(h)) => match h.rsplit_once(':') {
+            Some((name, port))
+                if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') =>
+            {
+                name
+            }
+            _ => h,
+        },
+        (None, None) => "",
+    };
     raw.trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase()
@@ -653,6 +660,28 @@ pub async fn can_connect(address: &str, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_names() {
+        assert_eq!(host_name(None, Some("Shop.Test:8080")), "shop.test");
+        assert_eq!(host_name(None, Some("shop.test")), "shop.test");
+        assert_eq!(host_name(None, Some("[::1]:8080")), "::1");
+        assert_eq!(host_name(Some("h2.test"), Some("other")), "h2.test");
+        assert_eq!(host_name(None, None), "");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_hosts_and_cookies_never_panic(host in "\\PC{0,80}", cookies in "\\PC{0,200}") {
+            let name = host_name(None, Some(&host));
+            proptest::prop_assert!(name.len() <= host.len());
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&cookies) {
+                h.insert(header::COOKIE, v);
+            }
+            let _ = cookie(&h, "hemiron-session");
+        }
+    }
 
     #[test]
     fn cookies_and_hop_by_hop() {

@@ -148,6 +148,11 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("cannot encode the state for {path}: {source}")]
+    Encode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -695,11 +700,14 @@ impl Engine {
     }
 
     /// The state file's contents now (written by [`persist`] outside the engine's lock).
-    pub fn snapshot(&self) -> Vec<u8> {
+    pub fn snapshot(&self) -> Result<Vec<u8>, StateError> {
         let file = StateFile {
             apps: self.states.clone(),
         };
-        serde_json::to_vec_pretty(&file).unwrap_or_default()
+        serde_json::to_vec_pretty(&file).map_err(|source| StateError::Encode {
+            path: self.state_path.clone(),
+            source,
+        })
     }
 
     pub fn state_path(&self) -> &Path {
@@ -740,4 +748,53 @@ pub fn session_key(state_dir: &Path) -> Result<Vec<u8>, StateError> {
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
     }
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        crate::config::parse(
+            "[[listeners]]\naddress=\"127.0.0.1:1\"\n[apps.a]\nstable=\"v1\"\n[apps.a.versions.v1]\nendpoints=[\"127.0.0.1:2\"]\n[apps.a.versions.v2]\nendpoints=[\"127.0.0.1:3\"]\n",
+            Path::new("."),
+        )
+        .unwrap()
+    }
+
+    fn engine(dir: &Path) -> Result<Engine, StateError> {
+        Engine::new(config(), dir, Signer::new(&[7; 32]), Metrics::new(), None)
+    }
+
+    #[test]
+    fn state_round_trips_and_a_damaged_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(dir.path()).unwrap();
+        e.apply(
+            "a",
+            Op::Start {
+                version: "v2".into(),
+                strategy: Strategy::Canary {
+                    steps: crate::rollout::parse_steps("25").unwrap(),
+                },
+            },
+            Instant::now(),
+        )
+        .unwrap();
+        persist(e.state_path(), &e.snapshot().unwrap()).unwrap();
+        let again = engine(dir.path()).unwrap();
+        assert_eq!(
+            again.state("a").unwrap().weights(),
+            vec![("v1".to_string(), 7500), ("v2".to_string(), 2500)]
+        );
+        // The published table says the same.
+        let routes = again.shared.routes.load();
+        assert_eq!(routes.apps[0].table.versions()[1].weight, 2500);
+
+        std::fs::write(dir.path().join("rollouts.json"), b"{\"apps\": {\"a\": {").unwrap();
+        assert!(matches!(
+            engine(dir.path()),
+            Err(StateError::Damaged { .. })
+        ));
+    }
 }
