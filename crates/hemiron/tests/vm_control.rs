@@ -203,6 +203,12 @@ fn vm_vps_lifecycle_placement_and_reconciler() {
         .post(&format!("/vps/{id1}/start"), &json!({}))
         .expect(202);
     assert_eq!(wait_job(&bob, &job)["state"], "succeeded");
+    // Started again: the guest answers. (Not only a check: a disk resized while SeaBIOS's LSI
+    // driver is reading it — a few hundred ms after the start — leaves the guest hung in the
+    // BIOS; the plan change below resizes the running VM's disk.)
+    wait_for("ssh after the start", Duration::from_secs(120), || {
+        ssh_hostname(&ssh, &key1)
+    });
 
     // Resize to a bigger plan: the quota is charged the difference, the VM gets it.
     admin
