@@ -530,8 +530,27 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
         Duration::from_secs(20),
         || (first.log().matches("admin API on").count() >= 2).then_some(()),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Every new connection now goes to the second process: a second later (requests take
+    // 300 ms), the first holds no connection on the port while it still runs.
+    std::thread::sleep(Duration::from_millis(1000));
     let mut old = first.take_child().unwrap();
+    let port = first.data.port();
+    let ss = std::process::Command::new("ss")
+        .args([
+            "-Htnp",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .unwrap();
+    let sockets = String::from_utf8_lossy(&ss.stdout).to_string();
+    let old_pid = format!("pid={},", old.id());
+    assert!(sockets.lines().count() > 10, "the load is on: {sockets}");
+    assert!(
+        !sockets.contains(&old_pid),
+        "the old process still gets connections:\n{sockets}"
+    );
     common::proxy::terminate(&mut old);
     assert!(old.try_wait().unwrap().is_some(), "the first proxy exited");
     std::thread::sleep(Duration::from_secs(1));
