@@ -449,9 +449,9 @@ fn reloads_keep_rollouts_and_state_survives_restarts() {
         .unwrap()
         .to_string();
     std::fs::write(&proxy.config, &without_v2).unwrap();
-    let pid = proxy.take_child().unwrap();
+    let pid = common::proxy::Spawned(proxy.take_child().unwrap());
     std::process::Command::new("kill")
-        .args(["-HUP", &pid.id().to_string()])
+        .args(["-HUP", &pid.0.id().to_string()])
         .status()
         .unwrap();
     wait_for("the rollout to abort", Duration::from_secs(10), || {
@@ -473,7 +473,7 @@ fn reloads_keep_rollouts_and_state_survives_restarts() {
         .unwrap();
     assert_eq!(version_of(&r), "v1");
     let mut child = pid;
-    common::proxy::terminate(&mut child);
+    common::proxy::terminate(&mut child.0);
     assert!(listen.starts_with("127.0.0.1:"));
 }
 
@@ -524,7 +524,7 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
     };
     std::thread::sleep(Duration::from_secs(1));
     // The second proxy: same configuration, same state, same ports.
-    let mut second = first.spawn();
+    let mut second = common::proxy::Spawned(first.spawn());
     wait_for(
         "the second proxy to listen",
         Duration::from_secs(20),
@@ -533,7 +533,7 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
     // Every new connection now goes to the second process: a second later (requests take
     // 300 ms), the first holds no connection on the port while it still runs.
     std::thread::sleep(Duration::from_millis(1000));
-    let mut old = first.take_child().unwrap();
+    let mut old = common::proxy::Spawned(first.take_child().unwrap());
     let port = first.data.port();
     let ss = std::process::Command::new("ss")
         .args([
@@ -545,14 +545,17 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
         .output()
         .unwrap();
     let sockets = String::from_utf8_lossy(&ss.stdout).to_string();
-    let old_pid = format!("pid={},", old.id());
+    let old_pid = format!("pid={},", old.0.id());
     assert!(sockets.lines().count() > 10, "the load is on: {sockets}");
     assert!(
         !sockets.contains(&old_pid),
         "the old process still gets connections:\n{sockets}"
     );
-    common::proxy::terminate(&mut old);
-    assert!(old.try_wait().unwrap().is_some(), "the first proxy exited");
+    common::proxy::terminate(&mut old.0);
+    assert!(
+        old.0.try_wait().unwrap().is_some(),
+        "the first proxy exited"
+    );
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::SeqCst);
     let results = rt.block_on(load).unwrap();
@@ -568,7 +571,7 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
     // The second one serves on.
     let r = reqwest::blocking::get(&url).unwrap();
     assert!(r.status().is_success());
-    common::proxy::terminate(&mut second);
+    common::proxy::terminate(&mut second.0);
 }
 
 /// A self-signed certificate for `host`, written as `NAME.pem` and `NAME.key` in `dir`.

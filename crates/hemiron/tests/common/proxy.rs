@@ -333,6 +333,18 @@ impl Proxy {
     }
 }
 
+/// A proxy process started beside the harness's own; killed if the test ends early.
+pub struct Spawned(pub Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// SIGTERM, then wait (SIGKILL after 40 s).
 pub fn terminate(c: &mut Child) {
     // SAFETY-free: kill(1) is a separate process.
