@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -647,14 +647,6 @@ async fn tunnel(
             let _ = down.shutdown().await;
         }
     }
-}
-
-/// Upstream readiness of a TCP endpoint, for tests and checks: connect within `timeout`.
-pub async fn can_connect(address: &str, timeout: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await,
-        Ok(Ok(_))
-    )
 }
 
 #[cfg(test)]

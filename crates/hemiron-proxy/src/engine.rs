@@ -67,7 +67,8 @@ pub struct Judged {
 /// side; run it on a blocking thread).
 pub fn judge(p: Pending) -> Judged {
     let (cs, bs, t) = (&p.canary_sample, &p.baseline_sample, &p.thresholds);
-    let verdict = stats::judge(cs, bs, t);
+    let assessed = stats::assess(cs, bs, t);
+    let verdict = assessed.verdict;
     let ratio = |s: &stats::Sample| {
         if s.requests == 0 {
             0.0
@@ -86,16 +87,8 @@ pub fn judge(p: Pending) -> Judged {
         baseline_error_ratio: ratio(bs),
         canary_median_ms: stats::median(&cs.latencies).unwrap_or(0.0),
         baseline_median_ms: stats::median(&bs.latencies).unwrap_or(0.0),
-        errors_p: if enough {
-            stats::two_proportion_p(cs.errors, cs.requests, bs.errors, bs.requests)
-        } else {
-            1.0
-        },
-        latency_p: if enough {
-            stats::latency_p(cs, bs, t)
-        } else {
-            1.0
-        },
+        errors_p: if enough { assessed.errors_p } else { 1.0 },
+        latency_p: if enough { assessed.latency_p } else { 1.0 },
         alpha: t.alpha,
         error_points: t.error_points,
         latency_shift: t.latency_shift,

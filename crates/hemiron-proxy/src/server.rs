@@ -132,31 +132,35 @@ fn admin_token(opts: &ProxyOptions) -> Result<(String, Option<PathBuf>), ProxyEr
     Ok((token, Some(path)))
 }
 
-async fn access_log_writer(mut rx: mpsc::UnboundedReceiver<String>, target: AccessLog) {
-    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &target {
-        AccessLog::Off => return,
-        AccessLog::Stdout => Box::new(tokio::fs::File::from_std(
-            match std::fs::File::options().append(true).open("/dev/stdout") {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(error = %e, "access log not written");
-                    return;
-                }
-            },
-        )),
-        AccessLog::File(path) => match tokio::fs::OpenOptions::new()
+/// Opens the access log's destination (once, at start: a file that cannot be opened stops
+/// the start; standard output that cannot be is reported and logging is off).
+fn open_access_log(target: &AccessLog) -> Result<Option<std::fs::File>, ProxyError> {
+    let append = |path: &Path| {
+        std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .await
-        {
-            Ok(f) => Box::new(f),
+    };
+    match target {
+        AccessLog::Off => Ok(None),
+        AccessLog::Stdout => match append(Path::new("/dev/stdout")) {
+            Ok(f) => Ok(Some(f)),
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "access log not written");
-                return;
+                tracing::error!(error = %e, "access log not written");
+                Ok(None)
             }
         },
-    };
+        AccessLog::File(path) => append(path)
+            .map(Some)
+            .map_err(|source| ProxyError::AccessLog {
+                path: path.clone(),
+                source,
+            }),
+    }
+}
+
+async fn access_log_writer(mut rx: mpsc::UnboundedReceiver<String>, out: std::fs::File) {
+    let mut out = tokio::fs::File::from_std(out);
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(line) = rx.recv().await {
         buf.extend_from_slice(line.as_bytes());
@@ -187,24 +191,11 @@ pub async fn start(opts: ProxyOptions) -> Result<Running, ProxyError> {
     })?;
     let key = engine::session_key(&opts.state_dir)?;
     let (token, token_file) = admin_token(&opts)?;
-    let access_log = match &config.proxy.access_log {
-        AccessLog::Off => None,
-        target => {
-            if let AccessLog::File(path) = target {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| ProxyError::AccessLog {
-                        path: path.clone(),
-                        source,
-                    })?;
-            }
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(access_log_writer(rx, target.clone()));
-            Some(tx)
-        }
-    };
+    let access_log = open_access_log(&config.proxy.access_log)?.map(|out| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(access_log_writer(rx, out));
+        tx
+    });
     let resolver = if config.listeners.iter().any(|l| l.tls) {
         Some(Arc::new(crate::tls::Resolver::new(&config.certificates)?))
     } else {

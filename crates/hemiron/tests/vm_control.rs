@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::control::{Backend, Client, Server};
-use common::{create_vm, wait_for, Agent};
+use common::{create_vm, ssh_hostname, wait_for, Agent};
 use serde_json::{json, Value};
 
 /// A node agent over HTTPS with template 9000 made from the guest image.
@@ -70,39 +70,6 @@ fn ssh_keypair(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String
     assert!(st.success());
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     (key, public.trim().to_string())
-}
-
-/// `ssh … hostname` through the VPS's ssh command line.
-fn ssh_hostname(ssh_command: &str, key: &std::path::Path) -> Option<String> {
-    let mut args: Vec<String> = ssh_command
-        .split_whitespace()
-        .skip(1)
-        .map(str::to_string)
-        .collect();
-    let target = args.pop()?;
-    let out = Command::new("ssh")
-        .args(&args)
-        .arg("-i")
-        .arg(key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg(target)
-        .arg("hostname")
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 #[test]

@@ -172,31 +172,7 @@ fn vm_up_prints_a_create_line_that_gives_a_vps_to_ssh_into() {
         .to_string();
     let key = data.join("ssh/id_ed25519");
     let host = common::wait_for("ssh into the VPS", Duration::from_secs(120), || {
-        let mut args: Vec<&str> = ssh.split_whitespace().skip(1).collect();
-        let target = args.pop()?;
-        let o = Command::new("ssh")
-            .args(&args)
-            .arg("-i")
-            .arg(&key)
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-                target,
-                "hostname",
-            ])
-            .output()
-            .ok()?;
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        common::ssh_hostname(&ssh, &key)
     });
     assert_eq!(host, "demo");
     up.stop();

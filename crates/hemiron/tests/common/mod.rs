@@ -488,3 +488,37 @@ pub fn wait_guest(addr: &str) -> String {
         guest_get(addr, "/")
     })
 }
+
+/// `ssh … hostname` through a VPS's `ssh -p PORT USER@127.0.0.1` command line; `None` until the
+/// login works.
+pub fn ssh_hostname(ssh_command: &str, key: &std::path::Path) -> Option<String> {
+    let mut args: Vec<String> = ssh_command
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    let target = args.pop()?;
+    let out = Command::new("ssh")
+        .args(&args)
+        .arg("-i")
+        .arg(key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(target)
+        .arg("hostname")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
