@@ -25,7 +25,7 @@ use crate::routing::{Ask, Reason};
 use crate::runtime::{now_ms, UpstreamBody, VersionRt};
 
 /// Request bodies up to this size are buffered, so that a failed connect can be retried.
-const BUFFER_LIMIT: u64 = 64 * 1024;
+pub(crate) const BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// The response body: an upstream's, streamed, or one the proxy made.
 pub enum ProxyBody {
@@ -78,7 +78,7 @@ pub struct Inflight {
 }
 
 impl Inflight {
-    fn new(rt: Arc<VersionRt>) -> Inflight {
+    pub fn new(rt: Arc<VersionRt>) -> Inflight {
         rt.metrics.inflight.inc();
         let token = rt.drain.load_full();
         Inflight {
@@ -88,7 +88,7 @@ impl Inflight {
         }
     }
 
-    fn cancelled(&mut self) {
+    pub fn cancelled(&mut self) {
         if !self.counted_cancel {
             self.counted_cancel = true;
             self.rt.metrics.drain_cancelled.inc();
@@ -149,7 +149,7 @@ fn host_of(req: &Request<Incoming>) -> String {
 
 /// The host name a request names: the URI's authority (HTTP/2, absolute-form) or else the
 /// `Host` header, without its port or IPv6 brackets, in lower case.
-fn host_name(authority: Option<&str>, host_header: Option<&str>) -> String {
+pub(crate) fn host_name(authority: Option<&str>, host_header: Option<&str>) -> String {
     let raw = match (authority, host_header) {
         (Some(a), _) => a,
         (None, Some(h)) => match h.rsplit_once(':') {
@@ -169,10 +169,18 @@ fn host_name(authority: Option<&str>, host_header: Option<&str>) -> String {
 
 /// Looks up cookies by name over every `Cookie` header.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    cookie_in(
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        name,
+    )
+}
+
+/// Looks up a cookie by name over `Cookie` header values.
+pub(crate) fn cookie_in<'a>(values: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+    values
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
@@ -231,110 +239,184 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-fn idempotent(m: &Method) -> bool {
+pub(crate) fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
 }
 
-/// Serves one request.
-pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<ProxyBody>, Infallible> {
-    let started = Instant::now();
-    let shared = &conn.shared;
-    let host = host_of(&req);
-    // Everything needed from the routing table is taken here, at admission: the request
-    // then runs on the version chosen now, whatever the table says later.
-    let chosen = {
-        let routes = shared.routes.load();
-        let Some(app) = routes.find(&host, req.uri().path()) else {
-            return Ok(local(
-                StatusCode::NOT_FOUND,
-                "no app is configured for this host and path\n",
-            ));
-        };
-        let settings = &routes.settings;
-        let override_version = req
-            .headers()
-            .get(settings.override_header.as_str())
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| cookie(req.headers(), &settings.override_cookie));
-        let now = unix_now();
-        let sticky = cookie(req.headers(), &settings.session_cookie)
-            .and_then(|c| routes.signer.verify(c, now));
-        let ticket = app.shared.tickets.fetch_add(1, Ordering::Relaxed);
-        let ask = Ask {
-            override_version,
-            sticky,
-        };
-        let table = &app.table;
-        let (index, reason) = match table.choose(ask, ticket) {
-            Some(d) => (
-                table
-                    .versions()
-                    .iter()
-                    .position(|v| v.id == d.version.id)
-                    .unwrap_or(0),
-                d.reason,
-            ),
-            // Nothing healthy anywhere: the heaviest version, failing open.
-            None => (
-                table
-                    .versions()
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, v)| v.weight)
-                    .map_or(0, |(i, _)| i),
-                Reason::Fallback,
-            ),
-        };
-        let Some(rt) = app.versions.get(index).cloned() else {
-            return Ok(local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no version to serve\n",
-            ));
-        };
-        let cookie = if reason == Reason::Weighted
-            || reason == Reason::Fallback
-            || sticky.is_some_and(|s| s != rt.id)
-        {
-            rt.session_cookie(&routes.signer, settings, now, conn.tls)
-        } else {
-            None
-        };
-        (rt, reason, cookie, routes.settings.clone())
+/// The version a request was admitted on, taken from the routing table at admission: the
+/// request then runs on it, whatever the table says later.
+pub struct Admitted {
+    pub rt: Arc<VersionRt>,
+    pub reason: Reason,
+    /// The session cookie to set on the answer, if the session is new or moved.
+    pub set_cookie: Option<HeaderValue>,
+    pub settings: Arc<crate::config::ProxySettings>,
+}
+
+/// Why a request found nothing to serve it.
+#[derive(Debug, Clone, Copy)]
+pub enum Refused {
+    NoApp,
+    NoVersion,
+}
+
+impl Refused {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refused::NoApp => StatusCode::NOT_FOUND,
+            Refused::NoVersion => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Refused::NoApp => "no app is configured for this host and path\n",
+            Refused::NoVersion => "no version to serve\n",
+        }
+    }
+}
+
+/// Chooses the app, version and session cookie for a request, whatever its protocol:
+/// `header` looks up a request header, `cookie` a cookie.
+pub fn admit<'a>(
+    shared: &Shared,
+    host: &str,
+    path: &str,
+    header: impl FnOnce(&str) -> Option<&'a str>,
+    cookie: impl Fn(&str) -> Option<&'a str>,
+    tls: bool,
+) -> Result<Admitted, Refused> {
+    let routes = shared.routes.load();
+    let app = routes.find(host, path).ok_or(Refused::NoApp)?;
+    let settings = &routes.settings;
+    let override_version =
+        header(settings.override_header.as_str()).or_else(|| cookie(&settings.override_cookie));
+    let now = unix_now();
+    let sticky = cookie(&settings.session_cookie).and_then(|c| routes.signer.verify(c, now));
+    let ticket = app.shared.tickets.fetch_add(1, Ordering::Relaxed);
+    let ask = Ask {
+        override_version,
+        sticky,
     };
-    let (rt, reason, set_cookie, settings) = chosen;
+    let table = &app.table;
+    let (index, reason) = match table.choose(ask, ticket) {
+        Some(d) => (
+            table
+                .versions()
+                .iter()
+                .position(|v| v.id == d.version.id)
+                .unwrap_or(0),
+            d.reason,
+        ),
+        // Nothing healthy anywhere: the heaviest version, failing open.
+        None => (
+            table
+                .versions()
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, v)| v.weight)
+                .map_or(0, |(i, _)| i),
+            Reason::Fallback,
+        ),
+    };
+    let rt = app.versions.get(index).cloned().ok_or(Refused::NoVersion)?;
+    let set_cookie = if reason == Reason::Weighted
+        || reason == Reason::Fallback
+        || sticky.is_some_and(|s| s != rt.id)
+    {
+        rt.session_cookie(&routes.signer, settings, now, tls)
+    } else {
+        None
+    };
     shared.retry_budget.deposit();
-    let guard = Inflight::new(rt.clone());
-    let method = req.method().clone();
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned());
-    let mut resp = forward(req, &conn, &rt, &settings, &host).await;
+    Ok(Admitted {
+        rt,
+        reason,
+        set_cookie,
+        settings: settings.clone(),
+    })
+}
+
+/// How a request ended, for the measurements and the access log.
+pub struct Outcome<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: Option<&'a str>,
+    /// 0: no response.
+    pub status: u16,
+    pub endpoint: Option<&'a str>,
+    pub attempts: u32,
+    pub error: Option<&'a str>,
+}
+
+/// Measures a request once its response headers are known (or it failed): per-version
+/// counts and latency, the analysis sample, and the access-log line.
+pub fn record(conn: &Conn, admitted: &Admitted, started: Instant, outcome: &Outcome<'_>) {
+    let rt = &admitted.rt;
     let latency = started.elapsed();
-    let status = resp.status.map(|s| s.as_u16()).unwrap_or(0);
+    let status = outcome.status;
     let class = usize::from(status / 100).min(5);
     rt.metrics.requests[class].inc();
     rt.metrics.duration.observe(latency.as_secs_f64());
     rt.sample(status >= 500 || status == 0, latency);
-
-    if let Some(log) = &shared.access_log {
+    if let Some(log) = &conn.shared.access_log {
         let line = serde_json::json!({
             "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             "remote": conn.peer.ip().to_string(),
-            "method": method.as_str(),
-            "host": host,
-            "path": path,
+            "method": outcome.method,
+            "host": outcome.host,
+            "path": outcome.path,
             "status": status,
             "app": rt.app,
             "version": rt.id,
-            "route": format!("{reason:?}").to_ascii_lowercase(),
-            "endpoint": resp.endpoint,
-            "attempts": resp.attempts,
+            "route": format!("{:?}", admitted.reason).to_ascii_lowercase(),
+            "endpoint": outcome.endpoint,
+            "attempts": outcome.attempts,
             "duration_ms": (latency.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            "error": resp.error,
+            "error": outcome.error,
         });
         let _ = log.send(line.to_string());
     }
+}
+
+/// Serves one request (HTTP/2, and the HTTP/1 requests the fast path hands over).
+pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let shared = &conn.shared;
+    let host = host_of(&req);
+    let admitted = match admit(
+        shared,
+        &host,
+        req.uri().path(),
+        |name| req.headers().get(name).and_then(|v| v.to_str().ok()),
+        |name| cookie(req.headers(), name),
+        conn.tls,
+    ) {
+        Ok(a) => a,
+        Err(refused) => return Ok(local(refused.status(), refused.message())),
+    };
+    let rt = admitted.rt.clone();
+    let guard = Inflight::new(rt.clone());
+    let method = req.method().clone();
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_owned());
+    let mut resp = forward(req, &conn, &rt, &admitted.settings, &host).await;
+    record(
+        &conn,
+        &admitted,
+        started,
+        &Outcome {
+            method: method.as_str(),
+            host: &host,
+            path: path.as_deref(),
+            status: resp.status.map(|s| s.as_u16()).unwrap_or(0),
+            endpoint: resp.endpoint.as_deref(),
+            attempts: resp.attempts,
+            error: resp.error.as_deref(),
+        },
+    );
 
     let mut response = match resp.response.take() {
         Some(r) => {
@@ -352,12 +434,12 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
         }
     };
     let headers = response.headers_mut();
-    if settings.expose_version {
+    if admitted.settings.expose_version {
         if let Ok(v) = HeaderValue::from_str(&rt.id) {
             headers.insert(HeaderName::from_static("x-hemiron-version"), v);
         }
     }
-    if let Some(c) = set_cookie {
+    if let Some(c) = admitted.set_cookie {
         headers.append(header::SET_COOKIE, c);
     }
     Ok(response)
@@ -582,7 +664,7 @@ fn eject(shared: &Shared, rt: &VersionRt, ep: &crate::runtime::EndpointRt, now: 
     shared.health_changed.notify_one();
 }
 
-fn passive_5xx(
+pub(crate) fn passive_5xx(
     shared: &Shared,
     rt: &VersionRt,
     ep: &crate::runtime::EndpointRt,
@@ -601,7 +683,7 @@ fn passive_5xx(
     }
 }
 
-fn passive_connect_failure(
+pub(crate) fn passive_connect_failure(
     shared: &Shared,
     rt: &VersionRt,
     ep: &crate::runtime::EndpointRt,

@@ -1,5 +1,6 @@
 //! Active health checks: an HTTP GET per endpoint at the app's interval; `unhealthy_after`
-//! failures in a row take an endpoint out, `healthy_after` passes bring it back.
+//! failures in a row take an endpoint out, `healthy_after` passes bring it back. The same
+//! loop sweeps the upstream connection pools.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,12 +27,19 @@ pub async fn run(shared: Arc<Shared>) {
         .build(connector);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
+        ticks += 1;
         let routes = shared.routes.load_full();
         let now = now_ms(shared.epoch);
         for app in &routes.apps {
             for rt in &app.versions {
+                if ticks % 10 == 0 {
+                    // Once a second: idle upstream connections that timed out or were
+                    // closed by the upstream are let go.
+                    rt.sweep_idle(now);
+                }
                 let Some(check) = &rt.health else { continue };
                 for ep in &rt.endpoints {
                     if ep.next_check.load(Ordering::Relaxed) > now {

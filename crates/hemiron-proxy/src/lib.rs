@@ -14,6 +14,7 @@ pub mod admin;
 pub mod config;
 pub mod dataplane;
 pub mod engine;
+pub mod h1;
 pub mod health;
 pub mod metrics;
 pub mod rollout;

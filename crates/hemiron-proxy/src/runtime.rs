@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -14,6 +15,7 @@ use http_body_util::Either;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, App, ProxySettings};
@@ -47,11 +49,69 @@ pub struct EndpointRt {
     pub check_failures: AtomicU32,
     /// The health last exported as a metric (2: never).
     pub reported: std::sync::atomic::AtomicU8,
+    /// Idle keep-alive connections of the HTTP/1.1 fast path, most recently used last.
+    idle: Mutex<Vec<IdleConn>>,
+}
+
+/// A pooled upstream connection and when it went idle (ms on the proxy's clock).
+#[derive(Debug)]
+struct IdleConn {
+    stream: TcpStream,
+    since: u64,
+}
+
+/// Whether an idle connection can carry a request: the upstream has neither closed it nor
+/// sent anything unasked. Costs no system call unless the socket was signalled readable.
+fn idle_alive(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+    }
 }
 
 impl EndpointRt {
     pub fn usable(&self, now: u64) -> bool {
         self.active_ok.load(Ordering::Relaxed) && self.ejected_until.load(Ordering::Relaxed) <= now
+    }
+
+    /// An idle pooled connection that is still good, if any (most recently used first: the
+    /// warmest, and the least likely to have been closed by the upstream meanwhile).
+    pub fn checkout(&self, now: u64, idle_timeout_ms: u64) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(c) = idle.pop() {
+            if c.since + idle_timeout_ms > now && idle_alive(&c.stream) {
+                return Some(c.stream);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection to the pool (closed instead when the pool is full).
+    pub fn checkin(&self, stream: TcpStream, now: u64, max_idle: usize) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < max_idle {
+                idle.push(IdleConn { stream, since: now });
+            }
+        }
+    }
+
+    /// Closes idle connections that timed out or that the upstream closed.
+    pub fn sweep(&self, now: u64, idle_timeout_ms: u64) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|c| c.since + idle_timeout_ms > now && idle_alive(&c.stream));
+        }
+    }
+
+    /// Closes every idle connection.
+    pub fn close_idle(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
     }
 }
 
@@ -102,6 +162,9 @@ pub struct VersionRt {
     /// signing once a minute instead of once per new session keeps HMAC off the hot path
     /// (sessions then expire on a minute boundary, which nobody can tell apart).
     cookie: ArcSwap<(u64, Option<http::HeaderValue>)>,
+    /// The fast path's pool limits (ms; connections per endpoint).
+    pub pool_idle_ms: u64,
+    pub pool_max_idle: usize,
 }
 
 /// The configuration a version runtime is built from.
@@ -166,6 +229,7 @@ impl VersionRt {
                     check_passes: AtomicU32::new(0),
                     check_failures: AtomicU32::new(0),
                     reported: std::sync::atomic::AtomicU8::new(2),
+                    idle: Mutex::new(Vec::new()),
                 }))
             })
             .collect();
@@ -205,6 +269,8 @@ impl VersionRt {
             outlier: app.outlier.clone(),
             spec: Spec::of(app, version),
             cookie: ArcSwap::from_pointee((u64::MAX, None)),
+            pool_idle_ms: u64::try_from(settings.pool_idle_timeout.as_millis()).unwrap_or(u64::MAX),
+            pool_max_idle: settings.pool_max_idle,
         }
     }
 
@@ -308,6 +374,16 @@ impl VersionRt {
     /// Closes idle pooled connections (a draining version keeps only its in-flight ones).
     pub fn close_idle(&self, settings: &ProxySettings) {
         self.client.store(Arc::new(client(settings)));
+        for ep in &self.endpoints {
+            ep.close_idle();
+        }
+    }
+
+    /// Closes the fast path's idle connections that timed out or were closed upstream.
+    pub fn sweep_idle(&self, now: u64) {
+        for ep in &self.endpoints {
+            ep.sweep(now, self.pool_idle_ms);
+        }
     }
 }
 

@@ -361,6 +361,7 @@ async fn accept_loop(
             tls.clone(),
             builder.clone(),
             &graceful,
+            &stop,
         );
     }
     // Whatever reached the accept queue before the close is still served.
@@ -373,6 +374,7 @@ async fn accept_loop(
             tls.clone(),
             builder.clone(),
             &graceful,
+            &stop,
         );
     }
 }
@@ -384,24 +386,19 @@ fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
+    stop: &watch::Receiver<bool>,
 ) {
-    let conn = Conn::new(shared, peer, tls.is_some());
-    let service = hyper::service::service_fn(move |req| dataplane::handle(req, conn.clone()));
+    let cx = crate::h1::Context1 {
+        conn: Conn::new(shared, peer, tls.is_some()),
+        builder,
+        stop: stop.clone(),
+        watcher: graceful.watcher(),
+    };
     match tls {
         None => {
-            let fut = graceful.watch(
-                builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = fut.await {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            });
+            tokio::spawn(crate::h1::serve(stream, cx));
         }
         Some(acceptor) => {
-            let watcher = graceful.watcher();
             tokio::spawn(async move {
                 let stream =
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
@@ -414,11 +411,19 @@ fn serve(
                         }
                         Err(_) => return,
                     };
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let conn = cx.conn;
+                    let service =
+                        hyper::service::service_fn(move |req| dataplane::handle(req, conn.clone()));
+                    let served = cx
+                        .builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(e) = cx.watcher.watch(served).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                } else {
+                    crate::h1::serve(stream, cx).await;
                 }
             });
         }
