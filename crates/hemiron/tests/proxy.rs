@@ -5,7 +5,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::proxy::{runtime, upstream, Proxy, Upstream};
@@ -799,4 +800,236 @@ fn the_rollout_commands_drive_the_admin_api() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["stable"], "v1");
+}
+
+/// A scripted HTTP/1.1 upstream on a raw socket: answers by path in ways a hyper server
+/// would not (close-delimited bodies, chunked with trailers, 1xx, closing idle connections
+/// early), and counts the connections it accepted.
+fn scripted_upstream() -> (String, Arc<AtomicU64>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                loop {
+                    // One head at a time (the proxy sends no bodies here).
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+                        match s.read(&mut chunk) {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            // Idle for 300 ms, or closed: this side closes.
+                            _ => return,
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let answer: &[u8] = if head.starts_with("HEAD ") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+                    } else if head.starts_with("GET /close ") {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nx-kind: close\r\n\r\nuntil the ");
+                        std::thread::sleep(Duration::from_millis(50));
+                        let _ = s.write_all(b"upstream closes");
+                        return;
+                    } else if head.starts_with("GET /chunked ") {
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
+                    } else if head.starts_with("GET /early ") {
+                        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    };
+                    if s.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Sends raw bytes on one connection and reads until the proxy closes it.
+fn raw_exchange(addr: std::net::SocketAddr, parts: &[&[u8]], pause: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(pause);
+        }
+        s.write_all(p).unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn http1_framing_pipelining_and_pooling_through_the_fast_path() {
+    let rt = runtime();
+    let a = upstream(&rt, "v1");
+    let (scripted, accepted) = scripted_upstream();
+    let dir = tempdir();
+    let text = format!(
+        "[proxy]\nworkers = 1\n[[listeners]]\naddress = \"{{listen}}\"\n[apps.shop]\nstable = \"v1\"\n[apps.shop.analysis]\nenabled = false\n[apps.shop.versions.v1]\nendpoints = [\"{}\"]\n[apps.raw]\nhosts = [\"raw.test\"]\nstable = \"r1\"\n[apps.raw.analysis]\nenabled = false\n[apps.raw.versions.r1]\nendpoints = [\"{scripted}\"]\n",
+        a.address()
+    );
+    let proxy = Proxy::start(dir.path(), &text);
+    let http = reqwest::blocking::Client::new();
+
+    // Request bodies: small (buffered), large with a length, and chunked (both streamed).
+    for size in [0usize, 10, 70_000, 1_000_000] {
+        let body = vec![b'b'; size];
+        let r = http.post(proxy.url("/up")).body(body).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.text().unwrap().starts_with(&format!("v1 {size} bytes")));
+    }
+    // A reader of unknown length goes out chunked.
+    let r = http
+        .post(proxy.url("/up"))
+        .body(reqwest::blocking::Body::new(std::io::Cursor::new(
+            vec![b'c'; 200_000],
+        )))
+        .send()
+        .unwrap();
+    assert!(r.text().unwrap().starts_with("v1 200000 bytes"));
+
+    // Pipelined requests on one connection are answered in order.
+    let out = raw_exchange(
+        proxy.data,
+        &[b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /g HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\nGET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"],
+        Duration::ZERO,
+    );
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
+    let bodies: Vec<&str> = out
+        .match_indices("v1 ")
+        .map(|(i, _)| &out[i..i + 9])
+        .collect();
+    assert_eq!(bodies, ["v1 3 byte", "v1 2 byte", "v1 0 byte"], "{out}");
+    assert!(out.contains("connection: close"), "{out}");
+
+    // What a scripted upstream answers, relayed faithfully.
+    let raw = |path: &str, method: &str| {
+        raw_exchange(
+            proxy.data,
+            &[
+                format!("{method} {path} HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            ],
+            Duration::ZERO,
+        )
+    };
+    let out = raw("/close", "GET");
+    assert!(
+        out.contains("transfer-encoding: chunked"),
+        "a close-delimited body goes out chunked: {out}"
+    );
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    let mut c = 0;
+    let mut text = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size, 16).unwrap();
+        if n == 0 {
+            c += 1;
+            break;
+        }
+        text.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    assert_eq!(
+        (c, text.as_str()),
+        (1, "until the upstream closes"),
+        "{out}"
+    );
+    let out = raw("/chunked", "GET");
+    assert!(
+        out.ends_with("5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"),
+        "{out}"
+    );
+    let out = raw("/early", "GET");
+    assert!(
+        out.starts_with("HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{out}"
+    );
+    assert!(out.ends_with("early"), "{out}");
+    // HEAD: no body although the length says 10, and the connection goes on.
+    let out = raw_exchange(
+        proxy.data,
+        &[b"HEAD / HTTP/1.1\r\nHost: raw.test\r\n\r\nGET / HTTP/1.1\r\nHost: raw.test\r\nConnection: close\r\n\r\n"],
+        Duration::ZERO,
+    );
+    assert!(out.contains("Content-Length: 10\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nok"), "{out}");
+
+    // Pooling: sequential requests share one upstream connection; one the upstream closed
+    // while idle is noticed and replaced, and the request after it still succeeds.
+    // (The upstream closes connections idle for 300 ms: those pooled so far are gone.)
+    std::thread::sleep(Duration::from_millis(600));
+    let before = accepted.load(Ordering::SeqCst);
+    let raw_client = reqwest::blocking::Client::new();
+    for _ in 0..20 {
+        let r = raw_client
+            .get(proxy.url("/"))
+            .header("host", "raw.test")
+            .send()
+            .unwrap();
+        assert_eq!(r.text().unwrap(), "ok");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst) - before,
+        1,
+        "one pooled upstream connection"
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    let r = raw_client
+        .get(proxy.url("/"))
+        .header("host", "raw.test")
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst) - before, 2);
+
+    // Ambiguous framing is refused, and the connection closed.
+    let out = raw_exchange(
+        proxy.data,
+        &[b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],
+        Duration::ZERO,
+    );
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert!(out.contains("connection: close"), "{out}");
+    // What the fast path hands to hyper still works: HTTP/1.0 and Expect: 100-continue.
+    let out = raw_exchange(
+        proxy.data,
+        &[b"GET /old HTTP/1.0\r\nHost: a\r\n\r\n"],
+        Duration::ZERO,
+    );
+    assert!(
+        out.starts_with("HTTP/1.0 200 OK\r\n") && out.contains("v1 0 bytes"),
+        "{out}"
+    );
+    let out = raw_exchange(
+        proxy.data,
+        &[
+            b"PUT /e HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+            b"body",
+        ],
+        Duration::from_millis(200),
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("v1 4 bytes"), "{out}");
+    // Nothing went through hyper's error paths meanwhile.
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
 }
