@@ -23,6 +23,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use tower::retry::budget::Budget;
 
@@ -188,60 +189,152 @@ impl Chunked {
     }
 }
 
-/// Hop-by-hop fields: never forwarded (RFC 9110 §7.6.1), whatever `Connection` says.
-fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+/// The fields the proxy cares about, told apart by name (length first: one comparison for
+/// most names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Connection,
+    /// Hop-by-hop (RFC 9110 §7.6.1): never forwarded, whatever `Connection` says.
+    HopByHop,
+    Upgrade,
+    TransferEncoding,
+    ContentLength,
+    Host,
+    Expect,
+    Cookie,
+    ForwardedFor,
+    /// `X-Forwarded-Proto` and `-Host`: replaced by the proxy's own.
+    ForwardedOther,
+    Other,
 }
 
-/// The comma-separated tokens of header values.
-fn tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> impl Iterator<Item = &'a str> {
-    values
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(','))
+fn field(name: &str) -> Field {
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        2 if is("te") => Field::HopByHop,
+        4 if is("host") => Field::Host,
+        6 if is("cookie") => Field::Cookie,
+        6 if is("expect") => Field::Expect,
+        7 if is("upgrade") => Field::Upgrade,
+        7 if is("trailer") => Field::HopByHop,
+        10 if is("connection") => Field::Connection,
+        10 if is("keep-alive") => Field::HopByHop,
+        14 if is("content-length") => Field::ContentLength,
+        15 if is("x-forwarded-for") => Field::ForwardedFor,
+        16 if is("proxy-connection") => Field::HopByHop,
+        16 if is("x-forwarded-host") => Field::ForwardedOther,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        17 if is("x-forwarded-proto") => Field::ForwardedOther,
+        _ => Field::Other,
+    }
+}
+
+/// The comma-separated tokens of a header value.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
+    std::str::from_utf8(value)
+        .unwrap_or("")
+        .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
 }
 
-fn named_by_connection(connection: &[&[u8]], name: &str) -> bool {
-    tokens(connection.iter().copied()).any(|t| t.eq_ignore_ascii_case(name))
+/// What a head's fields say, from one pass over them.
+struct Scan<'b> {
+    kinds: [Field; MAX_HEADERS],
+    close: bool,
+    keep_alive: bool,
+    upgrade_token: bool,
+    /// Other field names `Connection` lists: hop-by-hop for this message.
+    listed: Vec<&'b str>,
+    upgrade: bool,
+    expect: bool,
+    /// `Transfer-Encoding` is exactly `chunked` (`Err`: some other coding).
+    chunked: Result<bool, ()>,
+    /// `Content-Length` (`Err`: malformed, or values that disagree).
+    length: Result<Option<u64>, ()>,
+    hosts: usize,
+    host: Option<&'b [u8]>,
+    forwarded_for: usize,
 }
 
-/// `Content-Length` values: all equal, decimal digits only.
-fn content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, ()> {
-    let mut found = None;
-    for v in values {
-        if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-            return Err(());
-        }
-        let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        match found {
-            Some(m) if m != n => return Err(()),
-            _ => found = Some(n),
+fn scan<'b>(headers: &[httparse::Header<'b>]) -> Scan<'b> {
+    let mut s = Scan {
+        kinds: [Field::Other; MAX_HEADERS],
+        close: false,
+        keep_alive: false,
+        upgrade_token: false,
+        listed: Vec::new(),
+        upgrade: false,
+        expect: false,
+        chunked: Ok(false),
+        length: Ok(None),
+        hosts: 0,
+        host: None,
+        forwarded_for: 0,
+    };
+    for (h, kind) in headers.iter().zip(s.kinds.iter_mut()) {
+        *kind = field(h.name);
+        match *kind {
+            Field::Connection => {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case("close") {
+                        s.close = true;
+                    } else if t.eq_ignore_ascii_case("keep-alive") {
+                        s.keep_alive = true;
+                    } else if t.eq_ignore_ascii_case("upgrade") {
+                        s.upgrade_token = true;
+                    } else {
+                        s.listed.push(t);
+                    }
+                }
+            }
+            Field::Upgrade => s.upgrade = true,
+            Field::Expect => s.expect = true,
+            Field::TransferEncoding => {
+                for t in tokens(h.value) {
+                    // Only `chunked`, once: any other coding is not relayed.
+                    s.chunked = match s.chunked {
+                        Ok(false) if t.eq_ignore_ascii_case("chunked") => Ok(true),
+                        _ => Err(()),
+                    };
+                }
+            }
+            Field::ContentLength => {
+                let v = h.value;
+                s.length = match s.length {
+                    Ok(prior)
+                        if !v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit) =>
+                    {
+                        let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                        match prior {
+                            Some(m) if m != n => Err(()),
+                            _ => Ok(Some(n)),
+                        }
+                    }
+                    _ => Err(()),
+                };
+            }
+            Field::Host => {
+                s.hosts += 1;
+                s.host = Some(h.value);
+            }
+            Field::ForwardedFor => s.forwarded_for += 1,
+            _ => {}
         }
     }
-    Ok(found)
+    s
 }
 
-/// `Transfer-Encoding`: `Ok(true)` for exactly `chunked`, `Err` for any other coding.
-fn transfer_chunked<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<bool, ()> {
-    let mut any = false;
-    for t in tokens(values) {
-        if any || !t.eq_ignore_ascii_case("chunked") {
-            return Err(());
+impl Scan<'_> {
+    /// Whether a field is dropped on the way through.
+    fn dropped(&self, i: usize, name: &str) -> bool {
+        match self.kinds.get(i).copied().unwrap_or(Field::Other) {
+            Field::Connection | Field::HopByHop | Field::Upgrade | Field::TransferEncoding => true,
+            _ => {
+                !self.listed.is_empty() && self.listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+            }
         }
-        any = true;
     }
-    Ok(any)
 }
 
 /// A request the fast path serves, read from the head.
@@ -317,47 +410,29 @@ pub fn parse_request<'b, A>(
         return ParsedRequest::Bad(StatusCode::BAD_REQUEST, "malformed request\n");
     };
     let headers: &[httparse::Header<'b>] = req.headers;
-    let values = |name: &'static str| {
-        headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
-    if version != 1
-        || !target.starts_with('/')
-        || method == "CONNECT"
-        || values("expect").next().is_some()
-    {
+    let fields = scan(headers);
+    if version != 1 || !target.starts_with('/') || method == "CONNECT" || fields.expect {
         return ParsedRequest::Handoff;
     }
-    let connection: Vec<&[u8]> = values("connection").collect();
-    if values("upgrade").next().is_some() && named_by_connection(&connection, "upgrade") {
+    if fields.upgrade && fields.upgrade_token {
         return ParsedRequest::Handoff;
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return ParsedRequest::Bad(StatusCode::BAD_REQUEST, "malformed method\n");
     };
-    let mut hosts = values("host");
-    let host_value = hosts.next();
-    if hosts.next().is_some() {
+    if fields.hosts > 1 {
         return ParsedRequest::Bad(StatusCode::BAD_REQUEST, "more than one Host field\n");
     }
-    let host_value = match host_value.map(std::str::from_utf8) {
+    let host_value = match fields.host.map(std::str::from_utf8) {
         Some(Ok(h)) => Some(h),
         Some(Err(_)) => return ParsedRequest::Bad(StatusCode::BAD_REQUEST, "malformed Host\n"),
         None => None,
     };
-    let chunked = match transfer_chunked(values("transfer-encoding")) {
-        Ok(c) => c,
-        Err(()) => {
-            return ParsedRequest::Bad(StatusCode::NOT_IMPLEMENTED, "unsupported transfer coding\n")
-        }
+    let Ok(chunked) = fields.chunked else {
+        return ParsedRequest::Bad(StatusCode::NOT_IMPLEMENTED, "unsupported transfer coding\n");
     };
-    let length = match content_length(values("content-length")) {
-        Ok(l) => l,
-        Err(()) => {
-            return ParsedRequest::Bad(StatusCode::BAD_REQUEST, "malformed Content-Length\n")
-        }
+    let Ok(length) = fields.length else {
+        return ParsedRequest::Bad(StatusCode::BAD_REQUEST, "malformed Content-Length\n");
     };
     let body = match (chunked, length) {
         // Both: the classic request-smuggling ambiguity; refused rather than guessed.
@@ -371,7 +446,7 @@ pub fn parse_request<'b, A>(
         (false, Some(0) | None) => Framing::Empty,
         (false, Some(n)) => Framing::Length(n),
     };
-    let close = named_by_connection(&connection, "close");
+    let close = fields.close;
     let host = dataplane::host_name(None, host_value);
     let path = target.split_once('?').map_or(target, |(p, _)| p);
 
@@ -380,38 +455,28 @@ pub fn parse_request<'b, A>(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut prior_xff: Option<&[u8]> = None;
-    let mut more_xff = false;
-    for h in headers {
-        let name = h.name;
-        if hop_by_hop(name)
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-            || name.eq_ignore_ascii_case("x-forwarded-host")
-            || (!connection.is_empty() && named_by_connection(&connection, name))
+    for (i, h) in headers.iter().enumerate() {
+        if fields.dropped(i, h.name)
+            || matches!(fields.kinds[i], Field::ForwardedFor | Field::ForwardedOther)
         {
             continue;
         }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            more_xff = prior_xff.is_some();
-            if !more_xff {
-                prior_xff = Some(h.value);
-            }
-            continue;
-        }
-        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
+    // The client's address joins the chain the request came with (all of its fields).
     out.extend_from_slice(b"x-forwarded-for: ");
-    if more_xff {
-        for v in values("x-forwarded-for") {
-            out.extend_from_slice(v);
+    if fields.forwarded_for > 0 {
+        for (h, _) in headers
+            .iter()
+            .zip(fields.kinds)
+            .filter(|(_, k)| *k == Field::ForwardedFor)
+        {
+            out.extend_from_slice(h.value);
             out.extend_from_slice(b", ");
         }
-    } else if let Some(v) = prior_xff {
-        out.extend_from_slice(v);
-        out.extend_from_slice(b", ");
     }
     out.extend_from_slice(peer_ip.as_bytes());
     out.extend_from_slice(if tls {
@@ -432,12 +497,14 @@ pub fn parse_request<'b, A>(
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .and_then(|h| std::str::from_utf8(h.value).ok())
     };
+    let kinds = fields.kinds;
     let cookie = |name: &str| -> Option<&'b str> {
         dataplane::cookie_in(
             headers
                 .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-                .filter_map(|h| std::str::from_utf8(h.value).ok()),
+                .zip(kinds)
+                .filter(|(_, k)| *k == Field::Cookie)
+                .filter_map(|(h, _)| std::str::from_utf8(h.value).ok()),
             name,
         )
     };
@@ -499,27 +566,21 @@ pub fn parse_response(
         return ParsedResponse::Bad("malformed response head");
     };
     let headers: &[httparse::Header<'_>] = resp.headers;
-    let values = |name: &'static str| {
-        headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
-    let connection: Vec<&[u8]> = values("connection").collect();
+    let fields = scan(headers);
     let interim = (100..200).contains(&status);
     if status == 101 {
         return ParsedResponse::Bad("switching protocols without an upgrade request");
     }
-    let Ok(chunked) = transfer_chunked(values("transfer-encoding")) else {
+    let Ok(chunked) = fields.chunked else {
         return ParsedResponse::Bad("unsupported transfer coding");
     };
-    let Ok(length) = content_length(values("content-length")) else {
+    let Ok(length) = fields.length else {
         return ParsedResponse::Bad("malformed Content-Length");
     };
     let mut reusable = if version == 1 {
-        !named_by_connection(&connection, "close")
+        !fields.close
     } else {
-        named_by_connection(&connection, "keep-alive")
+        fields.keep_alive
     };
     let body = if interim || head_request || status == 204 || status == 304 {
         Framing::Empty
@@ -544,11 +605,8 @@ pub fn parse_response(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in headers {
-        if hop_by_hop(h.name)
-            || (!connection.is_empty() && named_by_connection(&connection, h.name))
-            || (chunked && h.name.eq_ignore_ascii_case("content-length"))
-        {
+    for (i, h) in headers.iter().enumerate() {
+        if fields.dropped(i, h.name) || (chunked && fields.kinds[i] == Field::ContentLength) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -727,6 +785,68 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
+/// A timer for a deadline that moves with every request and rarely fires: the timer is
+/// re-armed only when it goes off before the current deadline, not each time the deadline
+/// moves (arming a timer per request costs more than the rest of the request's bookkeeping).
+struct LazyDeadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+}
+
+impl LazyDeadline {
+    fn new() -> LazyDeadline {
+        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
+        LazyDeadline {
+            sleep: Box::pin(tokio::time::sleep_until(far)),
+            deadline: far,
+        }
+    }
+
+    fn set(&mut self, deadline: tokio::time::Instant) {
+        self.deadline = deadline;
+        if self.sleep.deadline() > deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// Resolves once the current deadline has passed.
+    async fn expired(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if tokio::time::Instant::now() >= self.deadline {
+                return;
+            }
+            let deadline = self.deadline;
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// Waits for the drain of the version a request runs on. The registration with the
+/// version's token is kept from one request to the next while they go to the same version.
+#[derive(Default)]
+struct DrainWait {
+    token: Option<Arc<CancellationToken>>,
+    wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl DrainWait {
+    fn track(&mut self, token: &Arc<CancellationToken>) {
+        if self.token.as_ref().is_some_and(|t| Arc::ptr_eq(t, token)) {
+            return;
+        }
+        self.token = Some(token.clone());
+        self.wait = Some(Box::pin(CancellationToken::clone(token).cancelled_owned()));
+    }
+
+    async fn cancelled(&mut self) {
+        match self.wait.as_mut() {
+            Some(w) => w.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// What a connection needs besides its stream.
 pub struct Context1 {
     pub conn: Conn,
@@ -736,7 +856,7 @@ pub struct Context1 {
 }
 
 /// Serves a client connection: HTTP/1.1 here, anything else through hyper.
-pub async fn serve<S>(mut io: S, mut cx: Context1)
+pub async fn serve<S>(mut io: S, cx: Context1)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -746,7 +866,16 @@ where
     let mut uhead = Vec::with_capacity(4 * 1024);
     let peer_ip = cx.conn.peer.ip().to_string();
     let mut first = true;
+    let mut head_timer = LazyDeadline::new();
+    let mut response_timer = LazyDeadline::new();
+    let mut drain = DrainWait::default();
+    let mut stop = cx.stop.clone();
+    let stopping = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopping);
     loop {
+        head_timer.set(tokio::time::Instant::now() + HEAD_TIMEOUT);
         // A whole request head, or the end of the connection.
         let parsed = loop {
             if first && rbuf.starts_with(b"PRI ") {
@@ -774,13 +903,14 @@ where
             let idle = rbuf.is_empty();
             let read = tokio::select! {
                 biased;
-                r = tokio::time::timeout(HEAD_TIMEOUT, io.read_buf(&mut rbuf)) => r,
-                _ = cx.stop.changed(), if idle => return,
+                r = io.read_buf(&mut rbuf) => r,
+                () = head_timer.expired() => return,
+                () = &mut stopping, if idle => return,
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(Ok(_)) | Err(_) => return,
-                Ok(Err(e)) => {
+                Ok(n) if n > 0 => {}
+                Ok(_) => return,
+                Err(e) => {
                     tracing::debug!(error = %e, "client read failed");
                     return;
                 }
@@ -841,6 +971,10 @@ where
                     ubuf: &mut ubuf,
                     uhead: &mut uhead,
                     out: &mut out,
+                },
+                Waits {
+                    response: &mut response_timer,
+                    drain: &mut drain,
                 },
                 close_wanted,
             )
@@ -905,6 +1039,12 @@ struct Buffers<'a> {
     out: &'a mut Vec<u8>,
 }
 
+/// What an exchange waits on besides its sockets.
+struct Waits<'a> {
+    response: &'a mut LazyDeadline,
+    drain: &'a mut DrainWait,
+}
+
 /// One request forwarded upstream.
 struct Exchange<'a> {
     conn: &'a Conn,
@@ -935,7 +1075,7 @@ enum AttemptError {
 }
 
 impl Exchange<'_> {
-    async fn run<S>(&self, io: &mut S, bufs: Buffers<'_>, close: bool) -> Ended
+    async fn run<S>(&self, io: &mut S, bufs: Buffers<'_>, waits: Waits<'_>, close: bool) -> Ended
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -968,7 +1108,8 @@ impl Exchange<'_> {
             _ => false,
         };
         let upstream_head: &[u8] = uhead;
-        let token = rt.drain.load_full();
+        let Waits { response, drain } = waits;
+        drain.track(&rt.drain.load_full());
         let now = now_ms(shared.epoch);
         let mut tried: Vec<usize> = Vec::new();
         let attempts_max = rt.endpoints.len().max(1);
@@ -994,8 +1135,8 @@ impl Exchange<'_> {
             let ep = &rt.endpoints[ei];
             let attempt = tokio::select! {
                 biased;
-                r = self.attempt(ep, rt, io, rbuf, ubuf, out, upstream_head, buffered, head_request, &extras, &mut body_sent) => r,
-                () = token.cancelled() => Err(AttemptError::Cancelled),
+                r = self.attempt(ep, rt, io, rbuf, ubuf, out, upstream_head, buffered, head_request, &extras, &mut body_sent, response) => r,
+                () = drain.cancelled() => Err(AttemptError::Cancelled),
             };
             // Another endpoint is left, and the body can still be sent to it.
             let more_left =
@@ -1116,7 +1257,7 @@ impl Exchange<'_> {
         let relayed = tokio::select! {
             biased;
             r = relay(framing, &mut upstream, ubuf, io, out) => r,
-            () = token.cancelled() => {
+            () = drain.cancelled() => {
                 guard.cancelled();
                 return Ended::Close;
             }
@@ -1172,6 +1313,7 @@ impl Exchange<'_> {
         head_request: bool,
         extras: &ResponseExtras<'_>,
         body_sent: &mut bool,
+        timer: &mut LazyDeadline,
     ) -> Result<(TcpStream, u16, Framing, bool), AttemptError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -1208,7 +1350,7 @@ impl Exchange<'_> {
             }
         }
         ubuf.clear();
-        let deadline = tokio::time::Instant::now() + settings.response_timeout;
+        timer.set(tokio::time::Instant::now() + settings.response_timeout);
         loop {
             if !ubuf.is_empty() {
                 match parse_response(ubuf, head_request, extras, out) {
@@ -1236,7 +1378,12 @@ impl Exchange<'_> {
             }
             ubuf.reserve(16 * 1024);
             let was_empty = ubuf.is_empty();
-            match tokio::time::timeout_at(deadline, up.read_buf(ubuf)).await {
+            let read = tokio::select! {
+                biased;
+                r = up.read_buf(ubuf) => Ok(r),
+                () = timer.expired() => Err(()),
+            };
+            match read {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(Ok(_)) if was_empty => {
                     return Err(stale_or(

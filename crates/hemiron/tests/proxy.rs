@@ -1033,3 +1033,64 @@ fn http1_framing_pipelining_and_pooling_through_the_fast_path() {
     // Nothing went through hyper's error paths meanwhile.
     assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
 }
+
+#[test]
+fn slow_answers_time_out_and_a_drain_cancels_what_it_waits_for() {
+    let rt = runtime();
+    let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
+    let dir = tempdir();
+    let text = config(
+        &[("v1", &[&a]), ("v2", &[&b])],
+        "[apps.shop.analysis]\nenabled = false\n",
+    )
+    .replace(
+        "drain_timeout = \"3s\"",
+        "drain_timeout = \"300ms\"\nresponse_timeout = \"800ms\"",
+    );
+    let proxy = Proxy::start(dir.path(), &text);
+    let http = reqwest::blocking::Client::new();
+
+    // Answers slower than the response timeout: 504, in about that time.
+    a.behaviour.delay_ms.store(2000, Ordering::SeqCst);
+    let t = Instant::now();
+    let r = http.get(proxy.url("/slow")).send().unwrap();
+    assert_eq!(r.status(), 504);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(750) && waited < Duration::from_millis(1800),
+        "{waited:?}"
+    );
+
+    // Answers within it, one after another on one connection for longer than the timeout
+    // in total: none is cut short (the timer is re-armed, not left at the first deadline).
+    a.behaviour.delay_ms.store(300, Ordering::SeqCst);
+    for _ in 0..6 {
+        assert_eq!(http.get(proxy.url("/ok")).send().unwrap().status(), 200);
+    }
+
+    // A request in flight on the version a blue/green switch takes out is cancelled when
+    // the drain times out, and counted.
+    a.behaviour.delay_ms.store(700, Ordering::SeqCst);
+    let url = proxy.url("/inflight");
+    let inflight = std::thread::spawn(move || {
+        let t = Instant::now();
+        let status = reqwest::blocking::get(url).unwrap().status();
+        (status, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    proxy.admin_ok(
+        "POST",
+        "/apps/shop/rollout",
+        Some(json!({"version": "v2", "blue_green": true})),
+    );
+    let (status, took) = inflight.join().unwrap();
+    assert_eq!(status, 502);
+    assert!(
+        took < Duration::from_millis(650),
+        "cancelled at the drain timeout: {took:?}"
+    );
+    assert!(proxy
+        .metrics()
+        .contains("hemiron_proxy_drain_cancelled_requests_total{app=\"shop\",version=\"v1\"} 1"));
+    assert_eq!(http.get(proxy.url("/after")).send().unwrap().status(), 200);
+}
