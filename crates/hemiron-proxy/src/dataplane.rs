@@ -280,7 +280,7 @@ impl Refused {
 }
 
 /// Chooses the app, version and session cookie for a request, whatever its protocol:
-/// `header` looks up a request header, `cookie` a cookie.
+/// `header` looks up a request header, `cookie` a cookie; `now` is Unix seconds.
 pub fn admit<'a>(
     shared: &Shared,
     host: &str,
@@ -288,13 +288,13 @@ pub fn admit<'a>(
     header: impl FnOnce(&str) -> Option<&'a str>,
     cookie: impl Fn(&str) -> Option<&'a str>,
     tls: bool,
+    now: u64,
 ) -> Result<Admitted, Refused> {
     let routes = shared.routes.load();
     let app = routes.find(host, path).ok_or(Refused::NoApp)?;
     let settings = &routes.settings;
     let override_version =
         header(settings.override_header.as_str()).or_else(|| cookie(&settings.override_cookie));
-    let now = unix_now();
     let sticky = cookie(&settings.session_cookie).and_then(|c| routes.signer.verify(c, now));
     let ticket = app.shared.tickets.fetch_add(1, Ordering::Relaxed);
     let ask = Ask {
@@ -394,6 +394,7 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
         |name| req.headers().get(name).and_then(|v| v.to_str().ok()),
         |name| cookie(req.headers(), name),
         conn.tls,
+        unix_now(),
     ) {
         Ok(a) => a,
         Err(refused) => return Ok(local(refused.status(), refused.message())),

@@ -28,10 +28,20 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The proxy's monotonic clock origin (see [`now_ms`]).
     pub epoch: Instant,
+    /// Unix time at `epoch`, in seconds: the data plane derives wall-clock seconds from the
+    /// instant it already took instead of reading the clock again.
+    pub epoch_unix: u64,
     pub retry_budget: TpsBudget,
     pub access_log: Option<mpsc::UnboundedSender<String>>,
     /// Woken when passive checks eject an endpoint, to republish at once.
     pub health_changed: Notify,
+}
+
+impl Shared {
+    /// Unix seconds at `at` (an instant after the epoch).
+    pub fn unix_secs(&self, at: Instant) -> u64 {
+        self.epoch_unix + at.saturating_duration_since(self.epoch).as_secs()
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -234,6 +244,9 @@ impl Engine {
             }),
             metrics,
             epoch: Instant::now(),
+            epoch_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             retry_budget: TpsBudget::new(
                 Duration::from_secs(10),
                 settings.retry_per_second,

@@ -28,7 +28,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::retry::budget::Budget;
 
 use crate::dataplane::{self, Admitted, Conn, Inflight, Outcome, BUFFER_LIMIT};
-use crate::runtime::{now_ms, EndpointRt, VersionRt};
+use crate::runtime::{EndpointRt, VersionRt};
 
 /// The largest request or response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -874,6 +874,7 @@ where
         let _ = stop.wait_for(|s| *s).await;
     };
     tokio::pin!(stopping);
+    let mut started = Instant::now();
     loop {
         head_timer.set(tokio::time::Instant::now() + HEAD_TIMEOUT);
         // A whole request head, or the end of the connection.
@@ -884,13 +885,15 @@ where
             if !rbuf.is_empty() {
                 let shared = &cx.conn.shared;
                 let tls = cx.conn.tls;
+                started = Instant::now();
+                let unix = shared.unix_secs(started);
                 match parse_request(
                     &rbuf,
                     &peer_ip,
                     tls,
                     &mut uhead,
                     |host, path, header, cookie| {
-                        dataplane::admit(shared, host, path, header, cookie, tls)
+                        dataplane::admit(shared, host, path, header, cookie, tls, unix)
                     },
                 ) {
                     ParsedRequest::Partial => {}
@@ -930,7 +933,6 @@ where
             }
             ParsedRequest::Request(req) => req,
         };
-        let started = Instant::now();
         rbuf.advance(req.head_len);
         let RequestHead {
             method,
@@ -961,6 +963,7 @@ where
             target: &target,
             body,
             started,
+            now: now_ms_at(&cx.conn.shared, started),
         };
         let close_wanted = close || *cx.stop.borrow();
         let end = exchange
@@ -1054,6 +1057,8 @@ struct Exchange<'a> {
     target: &'a str,
     body: Framing,
     started: Instant,
+    /// `started` on the proxy's millisecond clock.
+    now: u64,
 }
 
 /// How an attempt to get a response head failed.
@@ -1110,7 +1115,7 @@ impl Exchange<'_> {
         let upstream_head: &[u8] = uhead;
         let Waits { response, drain } = waits;
         drain.track(&rt.drain.load_full());
-        let now = now_ms(shared.epoch);
+        let now = self.now;
         let mut tried: Vec<usize> = Vec::new();
         let attempts_max = rt.endpoints.len().max(1);
         let mut stale_retry = true;
@@ -1266,7 +1271,7 @@ impl Exchange<'_> {
         match relayed {
             Ok(()) => {
                 if reusable && ubuf.is_empty() {
-                    ep.checkin(upstream, now_ms(shared.epoch), rt.pool_max_idle);
+                    ep.checkin(upstream, now, rt.pool_max_idle);
                 }
                 ubuf.clear();
                 Ended::KeepAlive
@@ -1319,8 +1324,7 @@ impl Exchange<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let settings = &self.admitted.settings;
-        let now = now_ms(self.conn.shared.epoch);
-        let (mut up, reused) = match ep.checkout(now, rt.pool_idle_ms) {
+        let (mut up, reused) = match ep.checkout(self.now, rt.pool_idle_ms) {
             Some(s) => (s, true),
             None => (connect(&ep.address, settings.connect_timeout).await?, false),
         };
@@ -1350,7 +1354,9 @@ impl Exchange<'_> {
             }
         }
         ubuf.clear();
-        timer.set(tokio::time::Instant::now() + settings.response_timeout);
+        // From the request's admission: as good as from its sending, without another
+        // look at the clock.
+        timer.set(tokio::time::Instant::from_std(self.started) + settings.response_timeout);
         loop {
             if !ubuf.is_empty() {
                 match parse_response(ubuf, head_request, extras, out) {
@@ -1410,6 +1416,11 @@ impl Exchange<'_> {
             }
         }
     }
+}
+
+/// An instant on the proxy's millisecond clock (see [`crate::runtime::now_ms`]).
+fn now_ms_at(shared: &crate::engine::Shared, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(shared.epoch).as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, AttemptError> {
