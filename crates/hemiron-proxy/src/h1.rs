@@ -877,12 +877,22 @@ where
     let mut started = Instant::now();
     loop {
         head_timer.set(tokio::time::Instant::now() + HEAD_TIMEOUT);
+        // How far the buffer is known not to hold the end of a head: a head that arrives in
+        // many small pieces is searched once, not parsed again from the start each time.
+        let mut searched = 0;
         // A whole request head, or the end of the connection.
         let parsed = loop {
             if first && rbuf.starts_with(b"PRI ") {
                 break ParsedRequest::Handoff;
             }
-            if !rbuf.is_empty() {
+            let complete = head_end(&rbuf, &mut searched);
+            if !complete && rbuf.len() > MAX_HEAD {
+                break ParsedRequest::Bad(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request head too large\n",
+                );
+            }
+            if complete {
                 let shared = &cx.conn.shared;
                 let tls = cx.conn.tls;
                 started = Instant::now();
@@ -1009,6 +1019,36 @@ where
             tracing::debug!(error = %e, "connection ended with an error");
         }
     });
+}
+
+/// Whether `buf` holds the end of a head (an empty line, CRLF or bare LF as httparse
+/// accepts), searching on from `searched` and leaving it where the search can resume.
+fn head_end(buf: &[u8], searched: &mut usize) -> bool {
+    let mut i = *searched;
+    while let Some(off) = buf
+        .get(i..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+    {
+        let lf = i + off;
+        match buf.get(lf + 1) {
+            Some(b'\n') => return true,
+            Some(b'\r') => match buf.get(lf + 2) {
+                Some(b'\n') => return true,
+                Some(_) => i = lf + 1,
+                None => {
+                    *searched = lf;
+                    return false;
+                }
+            },
+            Some(_) => i = lf + 1,
+            None => {
+                *searched = lf;
+                return false;
+            }
+        }
+    }
+    *searched = buf.len();
+    false
 }
 
 /// A short answer made by the proxy.
@@ -1656,6 +1696,23 @@ mod tests {
             response("HTTP/1.1 200 OK\r\n", false).0,
             ParsedResponse::Partial
         ));
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_across_pieces() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest";
+        for cut in 0..head.len() {
+            let mut searched = 0;
+            let early = head_end(&head[..cut], &mut searched);
+            assert!(searched <= cut);
+            let end = head.len() - 4;
+            assert_eq!(early, cut >= end, "cut {cut}");
+            assert!(head_end(head, &mut searched), "resumed from {searched}");
+        }
+        let mut searched = 0;
+        assert!(head_end(b"GET / HTTP/1.1\nHost: a\n\n", &mut searched));
+        let mut searched = 0;
+        assert!(!head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", &mut searched));
     }
 
     #[test]

@@ -999,6 +999,22 @@ fn http1_framing_pipelining_and_pooling_through_the_fast_path() {
     assert_eq!(r.text().unwrap(), "ok");
     assert_eq!(accepted.load(Ordering::SeqCst) - before, 2);
 
+    // A head that arrives in pieces is put together.
+    let out = raw_exchange(
+        proxy.data,
+        &[
+            b"GET /pie",
+            b"ces HTTP/1.1\r\nHo",
+            b"st: a\r\nConnection: close\r\n\r",
+            b"\n",
+        ],
+        Duration::from_millis(50),
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\n") && out.contains("v1 0 bytes"),
+        "{out}"
+    );
+
     // Ambiguous framing is refused, and the connection closed.
     let out = raw_exchange(
         proxy.data,
