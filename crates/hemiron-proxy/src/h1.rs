@@ -1101,6 +1101,18 @@ struct Exchange<'a> {
     now: u64,
 }
 
+/// A response head from an upstream, with its connection.
+struct Answer {
+    upstream: TcpStream,
+    status: u16,
+    body: Framing,
+    /// The connection can carry another request once the body is read.
+    reusable: bool,
+    /// The whole request went upstream (else the client's body was not all read, and its
+    /// connection cannot go on).
+    request_complete: bool,
+}
+
 /// How an attempt to get a response head failed.
 enum AttemptError {
     /// Nothing reached the upstream: any request may go elsewhere.
@@ -1259,7 +1271,17 @@ impl Exchange<'_> {
                 }
             }
         };
-        let Some((ei, (mut upstream, status, framing, reusable))) = result else {
+        let Some((
+            ei,
+            Answer {
+                mut upstream,
+                status,
+                body: framing,
+                reusable,
+                request_complete,
+            },
+        )) = result
+        else {
             let e = last_error.unwrap_or_else(|| "no endpoint".into());
             tracing::warn!(app = %rt.app, version = %rt.id, error = %e, "upstream request failed");
             dataplane::record(
@@ -1299,6 +1321,11 @@ impl Exchange<'_> {
             &self.outcome(status, Some(&ep.address), attempts, None),
         );
         // `out` holds the client's response head; the body follows it.
+        if !request_complete && !close && out.ends_with(b"\r\n\r\n") {
+            // The rest of the client's body was never read: this connection ends here.
+            out.truncate(out.len() - 2);
+            out.extend_from_slice(b"connection: close\r\n\r\n");
+        }
         let relayed = tokio::select! {
             biased;
             r = relay(framing, &mut upstream, ubuf, io, out) => r,
@@ -1314,7 +1341,11 @@ impl Exchange<'_> {
                     ep.checkin(upstream, now, rt.pool_max_idle);
                 }
                 ubuf.clear();
-                Ended::KeepAlive
+                if request_complete {
+                    Ended::KeepAlive
+                } else {
+                    Ended::Close
+                }
             }
             Err(e) => {
                 ubuf.clear();
@@ -1359,7 +1390,7 @@ impl Exchange<'_> {
         extras: &ResponseExtras<'_>,
         body_sent: &mut bool,
         timer: &mut LazyDeadline,
-    ) -> Result<(TcpStream, u16, Framing, bool), AttemptError>
+    ) -> Result<Answer, AttemptError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -1375,6 +1406,10 @@ impl Exchange<'_> {
                 AttemptError::Upstream(error)
             }
         };
+        // Set when the upstream stopped taking the body: it may have answered early (a 413,
+        // say) and closed, and that answer is still to be read.
+        let mut cut_short: Option<String> = None;
+        ubuf.clear();
         if buffered {
             up.write_all(upstream_head).await.map_err(|e| {
                 stale_or(format!("{}: sending the request: {e}", ep.address), false)
@@ -1382,18 +1417,35 @@ impl Exchange<'_> {
         } else {
             *body_sent = true;
             let mut head = upstream_head.to_vec();
-            match relay(self.body, io, rbuf, &mut up, &mut head).await {
-                Ok(()) => {}
-                Err(RelayError::Write(e)) => {
-                    return Err(stale_or(
-                        format!("{}: sending the request: {e}", ep.address),
-                        false,
-                    ))
-                }
-                Err(e) => return Err(AttemptError::Client(format!("request body: {e}"))),
+            // The upstream is watched while the body goes to it: one that answers early (a
+            // 413, say) gets its answer relayed at once instead of after a body it refused.
+            let (mut from_up, mut to_up) = up.split();
+            tokio::select! {
+                biased;
+                sent = relay(self.body, io, rbuf, &mut to_up, &mut head) => match sent {
+                    Ok(()) => {}
+                    Err(RelayError::Write(e)) => {
+                        cut_short = Some(format!("{}: sending the request: {e}", ep.address));
+                    }
+                    Err(e) => return Err(AttemptError::Client(format!("request body: {e}"))),
+                },
+                early = from_up.read_buf(ubuf) => match early {
+                    Ok(n) if n > 0 => {
+                        cut_short = Some(format!(
+                            "{}: answered before the request body was sent",
+                            ep.address
+                        ));
+                    }
+                    Ok(_) => {
+                        return Err(AttemptError::Upstream(format!(
+                            "{}: closed the connection while the request was sent",
+                            ep.address
+                        )))
+                    }
+                    Err(e) => return Err(AttemptError::Upstream(format!("{}: {e}", ep.address))),
+                },
             }
         }
-        ubuf.clear();
         // From the request's admission: as good as from its sending, without another
         // look at the clock.
         timer.set(tokio::time::Instant::from_std(self.started) + settings.response_timeout);
@@ -1418,7 +1470,13 @@ impl Exchange<'_> {
                         reusable,
                     } => {
                         ubuf.advance(head_len);
-                        return Ok((up, status, body, reusable));
+                        return Ok(Answer {
+                            upstream: up,
+                            status,
+                            body,
+                            reusable: reusable && cut_short.is_none(),
+                            request_complete: cut_short.is_none(),
+                        });
                     }
                 }
             }
@@ -1429,6 +1487,13 @@ impl Exchange<'_> {
                 r = up.read_buf(ubuf) => Ok(r),
                 () = timer.expired() => Err(()),
             };
+            if let Some(e) = &cut_short {
+                // No early answer after all: the send's failure is the error.
+                if !matches!(read, Ok(Ok(n)) if n > 0) {
+                    return Err(AttemptError::Upstream(e.clone()));
+                }
+                continue;
+            }
             match read {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(Ok(_)) if was_empty => {

@@ -840,6 +840,10 @@ fn scripted_upstream() -> (String, Arc<AtomicU64>) {
                         std::thread::sleep(Duration::from_millis(50));
                         let _ = s.write_all(b"upstream closes");
                         return;
+                    } else if head.starts_with("POST /toolarge ") {
+                        // Refused at once, the body left unread.
+                        let _ = s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!");
+                        return;
                     } else if head.starts_with("GET /chunked ") {
                         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
                     } else if head.starts_with("GET /early ") {
@@ -998,6 +1002,30 @@ fn http1_framing_pipelining_and_pooling_through_the_fast_path() {
         .unwrap();
     assert_eq!(r.text().unwrap(), "ok");
     assert_eq!(accepted.load(Ordering::SeqCst) - before, 2);
+
+    // An upstream that refuses a body before it has it all: its answer reaches the client at
+    // once (the client is still sending), and that connection ends.
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(proxy.data).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(
+            b"POST /toolarge HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 100000000\r\n\r\n",
+        )
+        .unwrap();
+        c.write_all(&vec![b'u'; 256 * 1024]).unwrap();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains("connection: close") && got.ends_with("big!"),
+            "{got}"
+        );
+    }
 
     // A head that arrives in pieces is put together.
     let out = raw_exchange(
