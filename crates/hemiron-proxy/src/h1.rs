@@ -291,12 +291,19 @@ fn scan<'b>(headers: &[httparse::Header<'b>]) -> Scan<'b> {
             Field::Upgrade => s.upgrade = true,
             Field::Expect => s.expect = true,
             Field::TransferEncoding => {
+                let mut any = false;
                 for t in tokens(h.value) {
+                    any = true;
                     // Only `chunked`, once: any other coding is not relayed.
                     s.chunked = match s.chunked {
                         Ok(false) if t.eq_ignore_ascii_case("chunked") => Ok(true),
                         _ => Err(()),
                     };
+                }
+                if !any {
+                    // Empty, or not text: nothing to frame by, and another reader might
+                    // read it otherwise.
+                    s.chunked = Err(());
                 }
             }
             Field::ContentLength => {
@@ -330,9 +337,13 @@ impl Scan<'_> {
     fn dropped(&self, i: usize, name: &str) -> bool {
         match self.kinds.get(i).copied().unwrap_or(Field::Other) {
             Field::Connection | Field::HopByHop | Field::Upgrade | Field::TransferEncoding => true,
-            _ => {
+            // `Connection` may name ordinary fields only: were it to take away the framing
+            // (`Content-Length`) or `Host`, the upstream would read a different message than
+            // the one the proxy framed — a request-smuggling hole.
+            Field::Other => {
                 !self.listed.is_empty() && self.listed.iter().any(|l| l.eq_ignore_ascii_case(name))
             }
+            _ => false,
         }
     }
 }
@@ -583,6 +594,9 @@ pub fn parse_response(
         fields.keep_alive
     };
     let body = if interim || head_request || status == 204 || status == 304 {
+        // A chunked body announced where none may follow: whatever the upstream sends after
+        // it must not be read as the next answer.
+        reusable &= !chunked;
         Framing::Empty
     } else if chunked {
         // With a Content-Length as well, the upstream's framing is suspect: the length is
@@ -650,9 +664,14 @@ fn status_digits(n: u16) -> [u8; 3] {
     [digit(n / 100), digit(n / 10), digit(n)]
 }
 
+/// How long a body may make no progress either way before the exchange is given up.
+const BODY_IDLE: Duration = Duration::from_secs(60);
+
 /// How relaying a body failed.
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
+    #[error("no progress for {BODY_IDLE:?}")]
+    Idle,
     #[error("reading: {0}")]
     Read(io::Error),
     #[error("writing: {0}")]
@@ -709,28 +728,41 @@ where
             Framing::Close => false,
         };
         if finished || out.len() >= 16 * 1024 {
-            dst.write_all(out).await.map_err(RelayError::Write)?;
-            out.clear();
+            write_idle(dst, out).await?;
         }
         if finished {
             return Ok(());
         }
         buf.reserve(16 * 1024);
-        let n = src.read_buf(buf).await.map_err(RelayError::Read)?;
+        let n = tokio::time::timeout(BODY_IDLE, src.read_buf(buf))
+            .await
+            .map_err(|_| RelayError::Idle)?
+            .map_err(RelayError::Read)?;
         if n == 0 {
             if framing == Framing::Close {
                 out.extend_from_slice(b"0\r\n\r\n");
-                dst.write_all(out).await.map_err(RelayError::Write)?;
-                out.clear();
+                write_idle(dst, out).await?;
                 return Ok(());
             }
             return Err(RelayError::Truncated);
         }
         if !out.is_empty() {
-            dst.write_all(out).await.map_err(RelayError::Write)?;
-            out.clear();
+            write_idle(dst, out).await?;
         }
     }
+}
+
+/// Writes and empties `out`, within the idle limit.
+async fn write_idle<W: AsyncWrite + Unpin>(
+    dst: &mut W,
+    out: &mut Vec<u8>,
+) -> Result<(), RelayError> {
+    tokio::time::timeout(BODY_IDLE, dst.write_all(out))
+        .await
+        .map_err(|_| RelayError::Idle)?
+        .map_err(RelayError::Write)?;
+    out.clear();
+    Ok(())
 }
 
 /// An I/O stream with bytes already read put back in front, for hyper to take over.
@@ -1153,8 +1185,8 @@ impl Exchange<'_> {
                 let n = usize::try_from(n).unwrap_or(usize::MAX);
                 while rbuf.len() < n {
                     rbuf.reserve(n - rbuf.len());
-                    match io.read_buf(rbuf).await {
-                        Ok(k) if k > 0 => {}
+                    match tokio::time::timeout(BODY_IDLE, io.read_buf(rbuf)).await {
+                        Ok(Ok(k)) if k > 0 => {}
                         _ => return Ended::Close,
                     }
                 }
@@ -1303,7 +1335,8 @@ impl Exchange<'_> {
                 )
             };
             // A body left half read makes the connection unusable.
-            let close = close || (!buffered && body_sent);
+            // A body not held in full was left (partly) unread: the connection cannot go on.
+            let close = close || !buffered;
             local_response(out, status, message, close);
             if io.write_all(out).await.is_err() || close {
                 return Ended::Close;
@@ -1411,9 +1444,26 @@ impl Exchange<'_> {
         let mut cut_short: Option<String> = None;
         ubuf.clear();
         if buffered {
-            up.write_all(upstream_head).await.map_err(|e| {
-                stale_or(format!("{}: sending the request: {e}", ep.address), false)
-            })?;
+            // Counted, so that a failure after part of the request went out is not taken
+            // for one that sent nothing (which may be retried whatever the method).
+            let mut written = 0;
+            while written < upstream_head.len() {
+                match up.write(&upstream_head[written..]).await {
+                    Ok(n) if n > 0 => written += n,
+                    Ok(_) => {
+                        return Err(stale_or(
+                            format!("{}: closed while the request was sent", ep.address),
+                            written > 0,
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(stale_or(
+                            format!("{}: sending the request: {e}", ep.address),
+                            written > 0,
+                        ))
+                    }
+                }
+            }
         } else {
             *body_sent = true;
             let mut head = upstream_head.to_vec();
@@ -1446,9 +1496,8 @@ impl Exchange<'_> {
                 },
             }
         }
-        // From the request's admission: as good as from its sending, without another
-        // look at the clock.
-        timer.set(tokio::time::Instant::from_std(self.started) + settings.response_timeout);
+        // From the request's sending (an upload's own time does not count).
+        timer.set(tokio::time::Instant::now() + settings.response_timeout);
         loop {
             if !ubuf.is_empty() {
                 match parse_response(ubuf, head_request, extras, out) {
@@ -1607,6 +1656,45 @@ mod tests {
             "GET /a/b?q=1 HTTP/1.1\r\nHost: Shop.Test:8080\r\nCookie: a=b; hemiron_session=\"abc\"\r\nx-hemiron-version: v2\r\nAccept: */*\r\nx-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: http\r\nx-forwarded-host: Shop.Test:8080\r\n\r\n"
         );
         assert_eq!(&"GET /a/b?q=1 HTTP/1.1\r\nHost: Shop.Test:8080\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nCookie: a=b; hemiron_session=\"abc\"\r\nx-hemiron-version: v2\r\nAccept: */*\r\n\r\nNEXT"[head.head_len..], "NEXT");
+    }
+
+    #[test]
+    fn connection_cannot_take_away_framing_or_host() {
+        let (p, out) = request(
+            "POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length, host, x-drop\r\nX-Drop: 1\r\nContent-Length: 44\r\n\r\n",
+        );
+        assert!(matches!(
+            p,
+            ParsedRequest::Request(RequestHead {
+                body: Framing::Length(44),
+                ..
+            })
+        ));
+        assert!(
+            out.contains("Host: a\r\n") && out.contains("Content-Length: 44\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("X-Drop"), "{out}");
+        let (p, out) = response(
+            "HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        );
+        assert!(matches!(
+            p,
+            ParsedResponse::Final {
+                body: Framing::Length(2),
+                ..
+            }
+        ));
+        assert!(out.contains("Content-Length: 2\r\n"), "{out}");
+        // Transfer codings that cannot be read are refused, not ignored.
+        for te in ["", "\u{ff}chunked", ", ,"] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\nContent-Length: 3\r\n\r\n");
+            assert!(
+                matches!(request(&raw).0, ParsedRequest::Bad(s, _) if s.as_u16() == 501),
+                "{te:?}"
+            );
+        }
     }
 
     #[test]

@@ -884,11 +884,23 @@ fn http1_framing_pipelining_and_pooling_through_the_fast_path() {
     let (scripted, accepted) = scripted_upstream();
     let dir = tempdir();
     let text = format!(
-        "[proxy]\nworkers = 1\n[[listeners]]\naddress = \"{{listen}}\"\n[apps.shop]\nstable = \"v1\"\n[apps.shop.analysis]\nenabled = false\n[apps.shop.versions.v1]\nendpoints = [\"{}\"]\n[apps.raw]\nhosts = [\"raw.test\"]\nstable = \"r1\"\n[apps.raw.analysis]\nenabled = false\n[apps.raw.versions.r1]\nendpoints = [\"{scripted}\"]\n",
-        a.address()
+        "[proxy]\nworkers = 1\n[[listeners]]\naddress = \"{{listen}}\"\n[apps.shop]\nstable = \"v1\"\n[apps.shop.analysis]\nenabled = false\n[apps.shop.versions.v1]\nendpoints = [\"{}\"]\n[apps.raw]\nhosts = [\"raw.test\"]\nstable = \"r1\"\n[apps.raw.analysis]\nenabled = false\n[apps.raw.versions.r1]\nendpoints = [\"{scripted}\"]\n[apps.dead]\nhosts = [\"dead.test\"]\nstable = \"d1\"\n[apps.dead.analysis]\nenabled = false\n[apps.dead.versions.d1]\nendpoints = [\"127.0.0.1:{}\"]\n",
+        a.address(),
+        common::proxy::free_port()
     );
     let proxy = Proxy::start(dir.path(), &text);
     let http = reqwest::blocking::Client::new();
+
+    // A body that could not be sent anywhere is never read as further requests: the 502
+    // ends the connection.
+    let out = raw_exchange(
+        proxy.data,
+        &[b"POST / HTTP/1.1\r\nHost: dead.test\r\nTransfer-Encoding: chunked\r\n\r\n23\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n\r\n0\r\n\r\n"],
+        Duration::ZERO,
+    );
+    assert!(out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{out}");
+    assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
+    assert!(out.contains("connection: close"), "{out}");
 
     // Request bodies: small (buffered), large with a length, and chunked (both streamed).
     for size in [0usize, 10, 70_000, 1_000_000] {
@@ -1110,6 +1122,26 @@ fn slow_answers_time_out_and_a_drain_cancels_what_it_waits_for() {
     a.behaviour.delay_ms.store(300, Ordering::SeqCst);
     for _ in 0..6 {
         assert_eq!(http.get(proxy.url("/ok")).send().unwrap().status(), 200);
+    }
+
+    // The timeout runs from the request's sending: an upload slower than it is answered.
+    a.behaviour.delay_ms.store(0, Ordering::SeqCst);
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(proxy.data).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        c.write_all(&[b'u'; 50_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        c.write_all(&[b'u'; 50_000]).unwrap();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\n") && got.contains("v1 100000 bytes"),
+            "{got}"
+        );
     }
 
     // A request in flight on the version a blue/green switch takes out is cancelled when
