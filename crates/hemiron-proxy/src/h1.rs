@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -757,10 +758,16 @@ async fn write_idle<W: AsyncWrite + Unpin>(
     dst: &mut W,
     out: &mut Vec<u8>,
 ) -> Result<(), RelayError> {
-    tokio::time::timeout(BODY_IDLE, dst.write_all(out))
-        .await
-        .map_err(|_| RelayError::Idle)?
-        .map_err(RelayError::Write)?;
+    let mut write = std::pin::pin!(dst.write_all(out));
+    // Most writes complete at once: the timer is only made for one that has to wait.
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    let written = match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => tokio::time::timeout(BODY_IDLE, write)
+            .await
+            .map_err(|_| RelayError::Idle)?,
+    };
+    written.map_err(RelayError::Write)?;
     out.clear();
     Ok(())
 }
@@ -912,12 +919,19 @@ where
         // How far the buffer is known not to hold the end of a head: a head that arrives in
         // many small pieces is searched once, not parsed again from the start each time.
         let mut searched = 0;
+        // The first bytes are parsed at once (a head nearly always arrives whole); only a
+        // head that did not is searched for its end before being parsed again.
+        let mut direct = true;
         // A whole request head, or the end of the connection.
         let parsed = loop {
             if first && rbuf.starts_with(b"PRI ") {
                 break ParsedRequest::Handoff;
             }
-            let complete = head_end(&rbuf, &mut searched);
+            let complete = if rbuf.is_empty() {
+                false
+            } else {
+                direct || head_end(&rbuf, &mut searched)
+            };
             if !complete && rbuf.len() > MAX_HEAD {
                 break ParsedRequest::Bad(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -938,10 +952,13 @@ where
                         dataplane::admit(shared, host, path, header, cookie, tls, unix)
                     },
                 ) {
-                    ParsedRequest::Partial => {}
+                    ParsedRequest::Partial => {
+                        direct = false;
+                        head_end(&rbuf, &mut searched);
+                    }
                     other => break other,
                 }
-            } else if *cx.stop.borrow() {
+            } else if rbuf.is_empty() && *cx.stop.borrow() {
                 return;
             }
             rbuf.reserve(4 * 1024);
@@ -1496,8 +1513,14 @@ impl Exchange<'_> {
                 },
             }
         }
-        // From the request's sending (an upload's own time does not count).
-        timer.set(tokio::time::Instant::now() + settings.response_timeout);
+        // From the request's sending (an upload's own time does not count); without a body,
+        // that is the admission, already on the clock.
+        let sent_at = if self.body == Framing::Empty {
+            tokio::time::Instant::from_std(self.started)
+        } else {
+            tokio::time::Instant::now()
+        };
+        timer.set(sent_at + settings.response_timeout);
         loop {
             if !ubuf.is_empty() {
                 match parse_response(ubuf, head_request, extras, out) {
