@@ -8,9 +8,9 @@
 //! absolute-form targets — is handed, with the bytes already read, to hyper's server for
 //! the rest of the connection (see [`crate::dataplane`]).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
