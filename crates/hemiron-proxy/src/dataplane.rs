@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -185,12 +185,6 @@ pub(crate) fn cookie_in<'a>(values: impl Iterator<Item = &'a str>, name: &str) -
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"'))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 static HOP_BY_HOP: [HeaderName; 7] = [
@@ -394,7 +388,7 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
         |name| req.headers().get(name).and_then(|v| v.to_str().ok()),
         |name| cookie(req.headers(), name),
         conn.tls,
-        unix_now(),
+        shared.unix_secs(started),
     ) {
         Ok(a) => a,
         Err(refused) => return Ok(local(refused.status(), refused.message())),

@@ -29,7 +29,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::retry::budget::Budget;
 
 use crate::dataplane::{self, Admitted, Conn, Inflight, Outcome, BUFFER_LIMIT};
-use crate::runtime::{EndpointRt, VersionRt};
+use crate::runtime::{ms_at, EndpointRt, VersionRt};
 
 /// The largest request or response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -887,7 +887,7 @@ impl DrainWait {
 }
 
 /// What a connection needs besides its stream.
-pub struct Context1 {
+pub struct Accepted {
     pub conn: Conn,
     pub builder: Arc<auto::Builder<TokioExecutor>>,
     pub stop: watch::Receiver<bool>,
@@ -895,7 +895,7 @@ pub struct Context1 {
 }
 
 /// Serves a client connection: HTTP/1.1 here, anything else through hyper.
-pub async fn serve<S>(mut io: S, cx: Context1)
+pub async fn serve<S>(mut io: S, cx: Accepted)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -982,8 +982,8 @@ where
         let req = match parsed {
             ParsedRequest::Partial => return,
             ParsedRequest::Handoff => {
-                handoff(io, rbuf.freeze(), cx);
-                return;
+                let prefix = rbuf.freeze();
+                return serve_hyper(Prefixed { prefix, inner: io }, cx).await;
             }
             ParsedRequest::Bad(status, message) => {
                 local_response(&mut out, status, message, true);
@@ -1022,7 +1022,7 @@ where
             target: &target,
             body,
             started,
-            now: now_ms_at(&cx.conn.shared, started),
+            now: ms_at(cx.conn.shared.epoch, started),
         };
         let close_wanted = close || *cx.stop.borrow();
         let end = exchange
@@ -1051,23 +1051,21 @@ where
     }
 }
 
-fn handoff<S>(io: S, prefix: Bytes, cx: Context1)
+/// Serves the rest of a connection with hyper (HTTP/2, upgrades, and what else the fast
+/// path leaves to it), tracked for graceful shutdown.
+pub async fn serve_hyper<S>(io: S, cx: Accepted)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = cx.conn;
     let service = hyper::service::service_fn(move |req| dataplane::handle(req, conn.clone()));
-    let stream = TokioIo::new(Prefixed { prefix, inner: io });
-    let builder = cx.builder;
-    let watcher = cx.watcher;
-    tokio::spawn(async move {
-        let served = builder
-            .serve_connection_with_upgrades(stream, service)
-            .into_owned();
-        if let Err(e) = watcher.watch(served).await {
-            tracing::debug!(error = %e, "connection ended with an error");
-        }
-    });
+    let served = cx
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = cx.watcher.watch(served).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// Whether `buf` holds the end of a head (an empty line, CRLF or bare LF as httparse
@@ -1244,6 +1242,7 @@ impl Exchange<'_> {
                 r = self.attempt(ep, rt, io, rbuf, ubuf, out, upstream_head, buffered, head_request, &extras, &mut body_sent, response) => r,
                 () = drain.cancelled() => Err(AttemptError::Cancelled),
             };
+            let is_timeout = matches!(attempt, Err(AttemptError::Timeout(_)));
             // Another endpoint is left, and the body can still be sent to it.
             let more_left =
                 |tried: &Vec<usize>| tried.len() < attempts_max && (buffered || !body_sent);
@@ -1278,18 +1277,11 @@ impl Exchange<'_> {
                     break None;
                 }
                 Err(
-                    failed @ (AttemptError::Upstream(_)
-                    | AttemptError::Stale { .. }
-                    | AttemptError::Timeout(_)),
+                    AttemptError::Upstream(e)
+                    | AttemptError::Stale { error: e, .. }
+                    | AttemptError::Timeout(e),
                 ) => {
-                    let e = match failed {
-                        AttemptError::Timeout(e) => {
-                            timed_out = true;
-                            e
-                        }
-                        AttemptError::Upstream(e) | AttemptError::Stale { error: e, .. } => e,
-                        _ => String::new(),
-                    };
+                    timed_out |= is_timeout;
                     last_error = Some(e);
                     tried.push(ei);
                     // The upstream may have acted on it: again only if it is idempotent, and
@@ -1593,11 +1585,6 @@ impl Exchange<'_> {
             }
         }
     }
-}
-
-/// An instant on the proxy's millisecond clock (see [`crate::runtime::now_ms`]).
-fn now_ms_at(shared: &crate::engine::Shared, at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(shared.epoch).as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, AttemptError> {

@@ -28,7 +28,12 @@ pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
 /// Milliseconds since the proxy started (monotonic), for cheap atomic timestamps.
 pub fn now_ms(epoch: Instant) -> u64 {
-    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    ms_at(epoch, Instant::now())
+}
+
+/// An instant on the same millisecond clock as [`now_ms`].
+pub fn ms_at(epoch: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One upstream address of a version.
@@ -60,6 +65,13 @@ struct IdleConn {
     since: u64,
 }
 
+impl IdleConn {
+    /// Neither timed out nor closed (or written to) by the upstream.
+    fn usable(&self, now: u64, idle_timeout_ms: u64) -> bool {
+        self.since + idle_timeout_ms > now && idle_alive(&self.stream)
+    }
+}
+
 /// Whether an idle connection can carry a request: the upstream has neither closed it nor
 /// sent anything unasked. Costs no system call unless the socket was signalled readable.
 fn idle_alive(stream: &TcpStream) -> bool {
@@ -84,7 +96,7 @@ impl EndpointRt {
     pub fn checkout(&self, now: u64, idle_timeout_ms: u64) -> Option<TcpStream> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {
-            if c.since + idle_timeout_ms > now && idle_alive(&c.stream) {
+            if c.usable(now, idle_timeout_ms) {
                 return Some(c.stream);
             }
         }
@@ -103,7 +115,7 @@ impl EndpointRt {
     /// Closes idle connections that timed out or that the upstream closed.
     pub fn sweep(&self, now: u64, idle_timeout_ms: u64) {
         if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|c| c.since + idle_timeout_ms > now && idle_alive(&c.stream));
+            idle.retain(|c| c.usable(now, idle_timeout_ms));
         }
     }
 

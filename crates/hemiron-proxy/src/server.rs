@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::AsyncWriteExt;
@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{self, Admin};
 use crate::config::{self, AccessLog};
-use crate::dataplane::{self, Conn};
+use crate::dataplane::Conn;
 use crate::engine::{self, Engine, Shared};
 use crate::metrics::Metrics;
 use crate::sticky::Signer;
@@ -388,7 +388,7 @@ fn serve(
     graceful: &GracefulShutdown,
     stop: &watch::Receiver<bool>,
 ) {
-    let cx = crate::h1::Context1 {
+    let cx = crate::h1::Accepted {
         conn: Conn::new(shared, peer, tls.is_some()),
         builder,
         stop: stop.clone(),
@@ -412,16 +412,7 @@ fn serve(
                         Err(_) => return,
                     };
                 if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    let conn = cx.conn;
-                    let service =
-                        hyper::service::service_fn(move |req| dataplane::handle(req, conn.clone()));
-                    let served = cx
-                        .builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    if let Err(e) = cx.watcher.watch(served).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
+                    crate::h1::serve_hyper(stream, cx).await;
                 } else {
                     crate::h1::serve(stream, cx).await;
                 }

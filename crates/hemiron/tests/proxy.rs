@@ -1017,27 +1017,22 @@ fn http1_framing_pipelining_and_pooling_through_the_fast_path() {
 
     // An upstream that refuses a body before it has it all: its answer reaches the client at
     // once (the client is still sending), and that connection ends.
-    {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(proxy.data).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        c.write_all(
+    let out = raw_exchange(
+        proxy.data,
+        &[
             b"POST /toolarge HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 100000000\r\n\r\n",
-        )
-        .unwrap();
-        c.write_all(&vec![b'u'; 256 * 1024]).unwrap();
-        let mut got = Vec::new();
-        let _ = c.read_to_end(&mut got);
-        let got = String::from_utf8_lossy(&got);
-        assert!(
-            got.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
-            "{got}"
-        );
-        assert!(
-            got.contains("connection: close") && got.ends_with("big!"),
-            "{got}"
-        );
-    }
+            &vec![b'u'; 256 * 1024],
+        ],
+        Duration::ZERO,
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("connection: close") && out.ends_with("big!"),
+        "{out}"
+    );
 
     // A head that arrives in pieces is put together.
     let out = raw_exchange(
@@ -1126,23 +1121,20 @@ fn slow_answers_time_out_and_a_drain_cancels_what_it_waits_for() {
 
     // The timeout runs from the request's sending: an upload slower than it is answered.
     a.behaviour.delay_ms.store(0, Ordering::SeqCst);
-    {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(proxy.data).unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        c.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        c.write_all(&[b'u'; 50_000]).unwrap();
-        std::thread::sleep(Duration::from_millis(1200));
-        c.write_all(&[b'u'; 50_000]).unwrap();
-        let mut got = Vec::new();
-        let _ = c.read_to_end(&mut got);
-        let got = String::from_utf8_lossy(&got);
-        assert!(
-            got.starts_with("HTTP/1.1 200 OK\r\n") && got.contains("v1 100000 bytes"),
-            "{got}"
-        );
-    }
+    let half = [b'u'; 50_000];
+    let out = raw_exchange(
+        proxy.data,
+        &[
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n",
+            &half,
+            &half,
+        ],
+        Duration::from_millis(1200),
+    );
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\n") && out.contains("v1 100000 bytes"),
+        "{out}"
+    );
 
     // A request in flight on the version a blue/green switch takes out is cancelled when
     // the drain times out, and counted.

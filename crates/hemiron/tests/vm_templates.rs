@@ -30,30 +30,7 @@ fn keypair(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
 /// Runs `ssh -p PORT -i KEY user@127.0.0.1 cmd`; `None` if the login fails.
 fn ssh(addr: &str, key: &Path, user: &str, cmd: &str) -> Option<String> {
     let (host, port) = addr.split_once(':').unwrap();
-    let out = Command::new("ssh")
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=5",
-            "-o",
-            "LogLevel=ERROR",
-            "-p",
-            port,
-            "-i",
-        ])
-        .arg(key)
-        .arg(format!("{user}@{host}"))
-        .arg(cmd)
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    common::ssh(&["-p", port], key, &format!("{user}@{host}"), cmd)
 }
 
 /// The host keys a guest's SSH server offers (one scan connection per key type; retried

@@ -489,17 +489,11 @@ pub fn wait_guest(addr: &str) -> String {
     })
 }
 
-/// `ssh … hostname` through a VPS's `ssh -p PORT USER@127.0.0.1` command line; `None` until the
-/// login works.
-pub fn ssh_hostname(ssh_command: &str, key: &std::path::Path) -> Option<String> {
-    let mut args: Vec<String> = ssh_command
-        .split_whitespace()
-        .skip(1)
-        .map(str::to_string)
-        .collect();
-    let target = args.pop()?;
+/// Runs `ssh OPTIONS -i KEY TARGET CMD` without host-key checks or prompts; `None` if the
+/// login or the command fails.
+pub fn ssh(options: &[&str], key: &std::path::Path, target: &str, cmd: &str) -> Option<String> {
     let out = Command::new("ssh")
-        .args(&args)
+        .args(options)
         .arg("-i")
         .arg(key)
         .args([
@@ -515,10 +509,18 @@ pub fn ssh_hostname(ssh_command: &str, key: &std::path::Path) -> Option<String> 
             "LogLevel=ERROR",
         ])
         .arg(target)
-        .arg("hostname")
+        .arg(cmd)
         .output()
         .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `ssh … hostname` through a VPS's `ssh -p PORT USER@127.0.0.1` command line; `None` until the
+/// login works.
+pub fn ssh_hostname(ssh_command: &str, key: &std::path::Path) -> Option<String> {
+    let mut args: Vec<&str> = ssh_command.split_whitespace().skip(1).collect();
+    let target = args.pop()?;
+    ssh(&args, key, target, "hostname")
 }
