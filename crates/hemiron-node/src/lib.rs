@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod fsutil;
 pub mod hoststats;
 pub mod paths;
@@ -64,6 +65,8 @@ pub struct NodeOptions {
     pub http: bool,
     pub accel: AccelChoice,
     pub shared_storage: Option<PathBuf>,
+    /// The cluster file naming every node of the cluster ([`cluster`]).
+    pub cluster_config: Option<PathBuf>,
 }
 
 /// Settings of the last agent start, for CLI tools that read the data dir.
@@ -118,6 +121,8 @@ pub enum NodeError {
     NoSettings(PathBuf),
     #[error("VM command line")]
     Vm(#[from] vm::VmError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// Everything the API handlers share.
@@ -132,6 +137,8 @@ pub struct Node {
     pub accel_reason: String,
     pub fingerprint: Option<String>,
     pub host: hoststats::HostStats,
+    /// The cluster this node belongs to; `None`: it is its own cluster.
+    pub cluster: Option<cluster::Cluster>,
 }
 
 /// The host name's first label, the default node name as in Proxmox.
@@ -180,13 +187,17 @@ async fn probe_qemu() -> Result<(String, MachineDefaults), NodeError> {
     ))
 }
 
-fn check_node_name(name: &str) -> Result<(), NodeError> {
-    let ok = !name.is_empty()
+/// A node name as Proxmox allows it (a DNS label).
+pub(crate) fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+        && !name.ends_with('-')
+}
+
+fn check_node_name(name: &str) -> Result<(), NodeError> {
+    if valid_node_name(name) {
         Ok(())
     } else {
         Err(NodeError::BadName(name.to_string()))
@@ -256,6 +267,11 @@ async fn start_onboot_vms(node: &Arc<Node>) {
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(opts: NodeOptions) -> Result<(), NodeError> {
     check_node_name(&opts.name)?;
+    let cluster = opts
+        .cluster_config
+        .as_deref()
+        .map(|path| cluster::Cluster::open(path, &opts.name))
+        .transpose()?;
     let data = DataDir::new(&opts.data_dir);
     data.create_all().map_err(|source| NodeError::DataDir {
         path: opts.data_dir.clone(),
@@ -330,6 +346,7 @@ pub async fn run(opts: NodeOptions) -> Result<(), NodeError> {
         accel_reason,
         fingerprint: cert.as_ref().map(|c| c.fingerprint.clone()),
         host: hoststats::HostStats::new(),
+        cluster,
     });
     let tls_config = cert.as_ref().map(tls::server_config).transpose()?;
     let listener = tokio::net::TcpListener::bind(opts.listen)

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::Method;
+pub use reqwest::Method;
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 use tracing::debug;
@@ -105,6 +105,26 @@ impl std::fmt::Debug for Credentials {
             Credentials::Password { username, .. } => write!(f, "Password({username})"),
         }
     }
+}
+
+/// A request to pass on unchanged ([`PveClient::forward`]).
+#[derive(Debug)]
+pub struct Forward<'a> {
+    pub method: Method,
+    /// Below `/api2/json`, with the query string.
+    pub path_and_query: &'a str,
+    pub content_type: Option<&'a str>,
+    pub body: Vec<u8>,
+    /// Extra request headers.
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+/// The answer to a forwarded request, as it came.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
 }
 
 /// Where and how to connect.
@@ -245,18 +265,7 @@ impl PveClient {
         } else {
             req.form(params)
         };
-        match &self.credentials {
-            Credentials::Token { tokenid, secret } => {
-                req = req.header("Authorization", format!("PVEAPIToken={tokenid}={secret}"));
-            }
-            Credentials::Password { .. } => {
-                let t = self.ticket().await?;
-                req = req.header("Cookie", format!("PVEAuthCookie={}", t.ticket));
-                if method != Method::GET {
-                    req = req.header("CSRFPreventionToken", t.csrf);
-                }
-            }
-        }
+        req = self.authorize(req, &method).await?;
         debug!(%method, path, "Proxmox API call");
         let resp = req.send().await.map_err(|source| PveError::Transport {
             method: method.to_string(),
@@ -307,6 +316,66 @@ impl PveClient {
             method: method.to_string(),
             path: path.to_string(),
             source,
+        })
+    }
+
+    /// Adds this client's credentials to a request.
+    async fn authorize(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &Method,
+    ) -> Result<reqwest::RequestBuilder, PveError> {
+        Ok(match &self.credentials {
+            Credentials::Token { tokenid, secret } => {
+                req.header("Authorization", format!("PVEAPIToken={tokenid}={secret}"))
+            }
+            Credentials::Password { .. } => {
+                let t = self.ticket().await?;
+                let req = req.header("Cookie", format!("PVEAuthCookie={}", t.ticket));
+                if *method == Method::GET {
+                    req
+                } else {
+                    req.header("CSRFPreventionToken", t.csrf)
+                }
+            }
+        })
+    }
+
+    /// Passes a request on as it came, with this client's credentials (a node handing a
+    /// call for another node of its cluster to that node, as Proxmox's `proxyto` does):
+    /// `path_and_query` is below `/api2/json`; the answer comes back unchanged, errors
+    /// included.
+    pub async fn forward(&self, request: Forward<'_>) -> Result<Forwarded, PveError> {
+        let url = format!("{}{}", self.base, request.path_and_query);
+        let transport = |source| PveError::Transport {
+            method: request.method.to_string(),
+            path: request.path_and_query.to_string(),
+            source,
+        };
+        let mut req = self
+            .http
+            .request(request.method.clone(), &url)
+            .body(request.body);
+        if let Some(ct) = request.content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        for (name, value) in request.headers {
+            req = req.header(*name, *value);
+        }
+        req = self.authorize(req, &request.method).await?;
+        debug!(method = %request.method, path = request.path_and_query, "forwarded call");
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp.bytes().await.map_err(transport)?.to_vec();
+        Ok(Forwarded {
+            status,
+            content_type,
+            body,
         })
     }
 

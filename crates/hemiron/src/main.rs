@@ -78,6 +78,10 @@ struct NodeServeArgs {
     /// Directory of a storage pool shared between nodes (exposed as storage `shared`).
     #[arg(long)]
     shared_storage: Option<PathBuf>,
+    /// Cluster file naming every node of the cluster (name, API URL, certificate
+    /// fingerprint, API token); read again when it changes.
+    #[arg(long)]
+    cluster_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -362,6 +366,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 http: serve.http,
                 accel: serve.accel,
                 shared_storage: serve.shared_storage,
+                cluster_config: serve.cluster_config,
             };
             runtime()?.block_on(hemiron_node::run(opts))?;
             Ok(())

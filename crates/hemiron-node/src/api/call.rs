@@ -25,7 +25,7 @@ pub struct Call {
     pub client: Option<std::net::SocketAddr>,
 }
 
-const MAX_BODY: usize = 4 * 1024 * 1024;
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
 fn form_pairs(raw: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(raw)

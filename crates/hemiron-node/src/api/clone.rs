@@ -52,6 +52,10 @@ pub async fn clone(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
         bwlimit: p.int("bwlimit").and_then(|b| u64::try_from(b).ok()),
     };
     node.vms.prepare_clone(vmid, &req)?;
+    if let Err(e) = super::cluster::check_vmid_free_elsewhere(&node, newid, "newid").await {
+        let _ = node.vms.store.remove(newid);
+        return Err(e);
+    }
     let vms = node.vms.clone();
     let spawned = node.tasks.spawn(
         "qmclone",

@@ -26,6 +26,8 @@ pub enum ApiError {
     NotImplemented(String),
     /// Any failure while doing what was asked: 500 with the message.
     Runtime(String),
+    /// Another node of the cluster could not be reached: 595, as Proxmox's proxy answers.
+    Unreachable(String),
 }
 
 impl ApiError {
@@ -56,6 +58,11 @@ impl ApiError {
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone(), None),
             ApiError::NotImplemented(m) => (StatusCode::NOT_IMPLEMENTED, m.clone(), None),
             ApiError::Runtime(m) => (StatusCode::INTERNAL_SERVER_ERROR, m.clone(), None),
+            ApiError::Unreachable(m) => (
+                StatusCode::from_u16(595).unwrap_or(StatusCode::BAD_GATEWAY),
+                m.clone(),
+                None,
+            ),
         }
     }
 }

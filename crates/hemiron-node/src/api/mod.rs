@@ -161,6 +161,8 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .method_not_allowed_fallback(not_implemented)
         .fallback(not_implemented)
+        // Inside authentication: the caller is checked here, the peer trusts this node.
+        .layer(axum::middleware::from_fn_with_state(node.clone(), proxyto))
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
             authenticate,
@@ -256,6 +258,90 @@ async fn authenticate(State(node): State<Arc<Node>>, mut req: Request, next: Nex
             ApiError::Unauthorized(err.to_string()).into_response()
         }
     }
+}
+
+/// Hands a call for another node of the cluster (`/nodes/{other}/…`) to that node, as
+/// Proxmox's `proxyto` does, and passes its answer back unchanged. Calls for this node, for
+/// nodes the cluster does not name, and everything outside `/nodes/{node}` are served here.
+async fn proxyto(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let Some(cluster) = &node.cluster else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    let rest = path.strip_prefix(PREFIX).unwrap_or(path);
+    let Some(target) = rest
+        .strip_prefix("/nodes/")
+        .and_then(|r| r.split('/').next())
+        .filter(|t| !t.is_empty() && *t != node.name)
+    else {
+        return next.run(req).await;
+    };
+    let Some(peer) = cluster.peer(target) else {
+        return next.run(req).await;
+    };
+    if let Some(by) = req.headers().get(crate::cluster::FORWARDED_BY_HEADER) {
+        // Two nodes whose files disagree would pass the call back and forth.
+        return ApiError::runtime(format!(
+            "call for node '{target}' forwarded here by {} although this is node '{}'; check the cluster files",
+            String::from_utf8_lossy(by.as_bytes()),
+            node.name
+        ))
+        .into_response();
+    }
+    let method = req.method().clone();
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match axum::body::to_bytes(req.into_body(), call::MAX_BODY).await {
+        Ok(b) => b.to_vec(),
+        Err(e) => {
+            return ApiError::BadRequest(format!("unreadable request body: {e}")).into_response()
+        }
+    };
+    let span = tracing::info_span!("proxyto", node = %peer.name);
+    let answer = peer
+        .forward(hemiron_pve_client::Forward {
+            method,
+            path_and_query: &path_and_query,
+            content_type: content_type.as_deref(),
+            body,
+            headers: &[(crate::cluster::FORWARDED_BY_HEADER, &node.name)],
+        })
+        .instrument(span)
+        .await;
+    match answer {
+        Ok(a) => forwarded_response(a),
+        Err(e) => ApiError::Unreachable(format!("node '{}' is unreachable: {e}", peer.name))
+            .into_response(),
+    }
+}
+
+/// A peer's answer as this node's, the reason phrase included (Proxmox clients read errors
+/// from it).
+fn forwarded_response(a: hemiron_pve_client::Forwarded) -> Response {
+    let status =
+        axum::http::StatusCode::from_u16(a.status).unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+    let reason = (!status.is_success())
+        .then(|| serde_json::from_slice::<serde_json::Value>(&a.body).ok())
+        .flatten()
+        .and_then(|b| b["message"].as_str().map(error::reason_phrase));
+    let mut resp = (status, a.body).into_response();
+    if let Some(ct) = a
+        .content_type
+        .and_then(|c| header::HeaderValue::from_str(&c).ok())
+    {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(r) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r.into_bytes()).ok()) {
+        resp.extensions_mut().insert(r);
+    }
+    resp
 }
 
 /// Refuses a call for another node: without a cluster, only this node exists.

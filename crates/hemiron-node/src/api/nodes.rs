@@ -48,10 +48,28 @@ pub fn node_entry(node: &Node) -> serde_json::Value {
     })
 }
 
-pub async fn list(State(node): State<Arc<Node>>, _call: Call) -> ApiResult {
+pub async fn list(
+    State(node): State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+    _call: Call,
+) -> ApiResult {
     let mut entry = node_entry(&node);
     entry["ssl_fingerprint"] = json!(node.fingerprint.clone().unwrap_or_default());
-    Data::new(json!([entry]))
+    let mut out = vec![entry];
+    if let Some(cluster) = super::cluster::whole(&node, &headers) {
+        for (peer, part) in cluster.parts("/nodes").await {
+            match part {
+                Ok(serde_json::Value::Array(entries)) => out.extend(entries),
+                other => {
+                    if let Err(e) = other {
+                        tracing::warn!(peer = %peer.name, error = %e, "node unreachable");
+                    }
+                    out.push(super::cluster::offline_node(&peer.name));
+                }
+            }
+        }
+    }
+    Data::new(out)
 }
 
 pub async fn status(State(node): State<Arc<Node>>, call: Call) -> ApiResult {

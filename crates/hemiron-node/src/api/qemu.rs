@@ -140,6 +140,10 @@ pub async fn create(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
     let start = p.bool("start").unwrap_or(false);
     let req = update_request(p, CREATE_CONTROL_PARAMS);
     node.vms.reserve(vmid, &req)?;
+    if let Err(e) = super::cluster::check_vmid_free_elsewhere(&node, vmid, "vmid").await {
+        let _ = node.vms.store.remove(vmid);
+        return Err(e);
+    }
     let vms = node.vms.clone();
     let upid = node.tasks.spawn(
         "qmcreate",
