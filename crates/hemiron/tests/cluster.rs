@@ -22,6 +22,14 @@ fn entry(name: &str, url: &str, fingerprint: Option<&str>, secret: &str) -> Stri
     )
 }
 
+/// The cluster file for `n1` (plain HTTP) and `n2` (TLS, with the fingerprint given).
+fn write_cluster(file: &Path, n1: &Agent, n2: &Agent, fp2: &str) {
+    write(
+        file,
+        &(entry("n1", &n1.url, None, &n1.token) + &entry("n2", &n2.url, Some(fp2), &n2.token)),
+    );
+}
+
 fn names(list: &Value) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = list
         .as_array()
@@ -82,10 +90,7 @@ fn two_nodes_answer_for_the_whole_cluster_and_forward_calls() {
 
     // A wrong fingerprint: the TLS peer is refused, so it is listed offline.
     let wrong = fp2.replacen(&fp2[..2], if &fp2[..2] == "00" { "11" } else { "00" }, 1);
-    write(
-        &file,
-        &(entry("n1", &n1.url, None, &n1.token) + &entry("n2", &n2.url, Some(&wrong), &n2.token)),
-    );
+    write_cluster(&file, &n1, &n2, &wrong);
     let listed = names(&a1.get("/nodes", &[]).ok());
     assert_eq!(
         listed,
@@ -95,10 +100,7 @@ fn two_nodes_answer_for_the_whole_cluster_and_forward_calls() {
         ]
     );
 
-    write(
-        &file,
-        &(entry("n1", &n1.url, None, &n1.token) + &entry("n2", &n2.url, Some(&fp2), &n2.token)),
-    );
+    write_cluster(&file, &n1, &n2, &fp2);
     // Either node lists both.
     for api in [&a1, &a2] {
         let listed = names(&api.get("/nodes", &[]).ok());
@@ -228,10 +230,7 @@ fn two_nodes_answer_for_the_whole_cluster_and_forward_calls() {
     // Back again (on a new port here, so the file says where): the VM is still there,
     // listed through n1.
     n2.launch();
-    write(
-        &file,
-        &(entry("n1", &n1.url, None, &n1.token) + &entry("n2", &n2.url, Some(&fp2), &n2.token)),
-    );
+    write_cluster(&file, &n1, &n2, &fp2);
     wait_for("n2 to be listed online", Duration::from_secs(30), || {
         let listed = names(&a1.get("/nodes", &[]).ok());
         listed.iter().all(|(_, s)| s == "online").then_some(())
