@@ -200,6 +200,78 @@ fn two_nodes_answer_for_the_whole_cluster_and_forward_calls() {
         assert!(listed.len() <= 1, "{listed:?}");
     }
 
+    // A disk on the shared storage belongs to its VM's node: the other node may not attach,
+    // resize, snapshot or delete it.
+    a1.task_ok(
+        "n2",
+        "POST",
+        "/nodes/n2/qemu",
+        &[("vmid", "120"), ("memory", "128"), ("scsi0", "shared:1")],
+    );
+    let disk = shared.join("images/120/vm-120-disk-0.qcow2");
+    assert!(disk.exists());
+    a1.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu",
+        &[("vmid", "121"), ("memory", "128")],
+    );
+    let attach = a1.put(
+        "/nodes/n1/qemu/121/config",
+        &[("scsi0", "shared:120/vm-120-disk-0.qcow2")],
+    );
+    assert_eq!(attach.status, 400, "{:?}", attach.body);
+    assert!(
+        attach.body["errors"]["scsi0"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to VM 120 on another node"),
+        "{:?}",
+        attach.body
+    );
+    // A config that names it anyway (written before the nodes were a cluster, say).
+    std::fs::write(
+        n1.data_dir().join("qemu-server/121.conf"),
+        "memory: 128\nscsi0: shared:120/vm-120-disk-0.qcow2,size=1G\n",
+    )
+    .unwrap();
+    let resize = a1.put(
+        "/nodes/n1/qemu/121/resize",
+        &[("disk", "scsi0"), ("size", "+1G")],
+    );
+    let st = a1.wait_task("n1", resize.ok().as_str().unwrap(), Duration::from_secs(60));
+    assert!(
+        st["exitstatus"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to VM 120 on another node"),
+        "{st}"
+    );
+    let snap = a1.post("/nodes/n1/qemu/121/snapshot", &[("snapname", "s1")]);
+    let st = a1.wait_task("n1", snap.ok().as_str().unwrap(), Duration::from_secs(60));
+    assert!(
+        st["exitstatus"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to VM 120 on another node"),
+        "{st}"
+    );
+    a1.put(
+        "/nodes/n1/qemu/121/config",
+        &[("delete", "scsi0"), ("force", "1")],
+    )
+    .ok();
+    a1.task_ok("n1", "DELETE", "/nodes/n1/qemu/121", &[("purge", "1")]);
+    assert!(disk.exists(), "n1 deleted n2's disk");
+    let img = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&img.stdout).unwrap();
+    assert_eq!(info["virtual-size"], 1u64 << 30, "{info}");
+    assert!(info["snapshots"].is_null(), "{info}");
+
     // A peer's errors come back as it gave them, reason phrase included.
     let direct = a2.reason_phrase("GET", "/nodes/n2/qemu/999/config", &[]);
     let forwarded = a1.reason_phrase("GET", "/nodes/n2/qemu/999/config", &[]);

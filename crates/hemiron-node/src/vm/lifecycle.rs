@@ -125,12 +125,7 @@ impl VmManager {
         if conf.pending.is_some() {
             let to_free = apply_pending(&mut conf);
             self.store.write(vmid, &conf)?;
-            for vol in to_free {
-                if let Ok(v) = parse_volid(&vol) {
-                    log.log(format!("removing volume '{vol}'"));
-                    self.storage().free(&v)?;
-                }
-            }
+            self.free_unneeded(vmid, to_free, Some(log))?;
         }
         if self.regenerate_cloudinit(vmid, &mut conf).await? {
             self.store.write(vmid, &conf)?;

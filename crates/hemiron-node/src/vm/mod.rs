@@ -149,6 +149,65 @@ impl VmManager {
         self.store.exists(vmid)
     }
 
+    /// The VM on another node that a volume belongs to, if it is on shared storage and is
+    /// not VM `vmid`'s or another VM's of this node. VMIDs are unique across a cluster,
+    /// so such a volume is another node's VM's.
+    pub fn foreign_owner(&self, vmid: u32, volid: &crate::storage::VolumeId) -> Option<u32> {
+        let shared = self.storage.pool(&volid.storage).is_ok_and(|p| p.shared);
+        match volid.kind() {
+            hemiron_pve::volume::VolumeKind::Image { vmid: owner, .. }
+                if shared && owner != vmid && !self.store.exists(owner) =>
+            {
+                Some(owner)
+            }
+            _ => None,
+        }
+    }
+
+    /// Refuses to change (resize, snapshot) a shared volume that belongs to a VM on another
+    /// node: only that node may.
+    pub fn check_may_modify(
+        &self,
+        vmid: u32,
+        volid: &crate::storage::VolumeId,
+    ) -> Result<(), VmError> {
+        match self.foreign_owner(vmid, volid) {
+            Some(owner) => Err(VmError::Refused(format!(
+                "volume '{volid}' on shared storage belongs to VM {owner} on another node; only that node may change it"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes volumes a config no longer needs, leaving in place (and logging) any that
+    /// belong to a VM on another node.
+    pub fn free_unneeded(
+        &self,
+        vmid: u32,
+        volumes: Vec<String>,
+        log: Option<&crate::tasks::TaskContext>,
+    ) -> Result<(), VmError> {
+        for vol in volumes {
+            let Ok(v) = crate::storage::parse_volid(&vol) else {
+                continue;
+            };
+            if let Some(owner) = self.foreign_owner(vmid, &v) {
+                let msg =
+                    format!("volume '{vol}' belongs to VM {owner} on another node; left in place");
+                warn!(vmid, "{msg}");
+                if let Some(l) = log {
+                    l.log(msg);
+                }
+                continue;
+            }
+            if let Some(l) = log {
+                l.log(format!("removing volume '{vol}'"));
+            }
+            self.storage.free(&v)?;
+        }
+        Ok(())
+    }
+
     pub fn vmids(&self) -> Vec<u32> {
         self.store.list()
     }

@@ -91,6 +91,19 @@ fn state_volume(section: &Section) -> Option<VolumeId> {
 }
 
 impl VmManager {
+    /// [`snap_disks`] of VM `vmid`, refused if one of them is another node's ([`VmManager::check_may_modify`]).
+    fn snap_disks_here(
+        &self,
+        vmid: u32,
+        props: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Vec<SnapDisk>, VmError> {
+        let disks = snap_disks(props)?;
+        for d in &disks {
+            self.check_may_modify(vmid, &d.volid)?;
+        }
+        Ok(disks)
+    }
+
     /// `GET .../snapshot`: the snapshots, oldest first, then the `current` pseudo-entry.
     pub fn snapshot_list(&self, vmid: u32) -> Result<Vec<Value>, VmError> {
         let loaded = self.store.load(vmid)?;
@@ -192,7 +205,7 @@ impl VmManager {
         if conf.get("template") == Some("1") {
             return Err(VmError::Refused("you can't snapshot a template".into()));
         }
-        let disks = snap_disks(&conf.main.props)?;
+        let disks = self.snap_disks_here(vmid, &conf.main.props)?;
         let running = self.running(vmid);
         let vmstate = vmstate && running.is_some();
 
@@ -516,12 +529,12 @@ impl VmManager {
 
     async fn rollback_volumes(
         &self,
-        _vmid: u32,
+        vmid: u32,
         name: &str,
         section: &Section,
         log: &TaskContext,
     ) -> Result<(), VmError> {
-        for d in snap_disks(&section.props)? {
+        for d in self.snap_disks_here(vmid, &section.props)? {
             log.log(format!("rolling back '{}' ({})", d.key, d.volid));
             self.storage()
                 .snapshot_offline(&d.volid, SnapshotOp::Apply, name)
@@ -550,7 +563,7 @@ impl VmManager {
         let state_node = "vmstate-load";
         let result = async {
             self.attach_state(&run.owner, state, state_node, false).await?;
-            let mut devices: Vec<String> = snap_disks(&section.props)?
+            let mut devices: Vec<String> = self.snap_disks_here(vmid, &section.props)?
                 .iter()
                 .map(|d| d.node.clone())
                 .collect();
@@ -635,11 +648,11 @@ impl VmManager {
         let live = match &running {
             Some(_) => {
                 let conf = self.store.load(vmid)?.conf;
-                snap_disks(&conf.main.props)?
+                self.snap_disks_here(vmid, &conf.main.props)?
             }
             None => Vec::new(),
         };
-        for d in snap_disks(&section.props)? {
+        for d in self.snap_disks_here(vmid, &section.props)? {
             log.log(format!("deleting snapshot of '{}' ({})", d.key, d.volid));
             let attached = live.iter().find(|l| l.volid == d.volid);
             match (&running, attached) {

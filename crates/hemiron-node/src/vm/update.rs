@@ -331,6 +331,12 @@ impl VmManager {
                     if !drive.is_cloudinit() {
                         self.storage().existing_path(&vol)?;
                     }
+                    if let Some(owner) = self.foreign_owner(vmid, &vol) {
+                        return Err(VmError::param(
+                            &key,
+                            format!("volume '{vol}' belongs to VM {owner} on another node"),
+                        ));
+                    }
                 }
                 set.insert(key.clone(), drive.to_string());
                 continue;
@@ -496,14 +502,7 @@ impl VmManager {
             }
             return Err(e);
         }
-        for vol in to_free {
-            if let Ok(v) = parse_volid(&vol) {
-                if let Some(l) = log {
-                    l.log(format!("removing volume '{vol}'"));
-                }
-                self.storage().free(&v)?;
-            }
-        }
+        self.free_unneeded(vmid, to_free, log)?;
         Ok(())
     }
 
@@ -552,6 +551,7 @@ impl VmManager {
                 )))
             }
         };
+        self.check_may_modify(vmid, &volid)?;
         let spec: hemiron_pve::size::ResizeSpec = size
             .parse()
             .map_err(|e: hemiron_pve::size::ParseResizeError| VmError::param("size", e.0))?;
