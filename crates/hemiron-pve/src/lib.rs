@@ -15,6 +15,7 @@
 //! * [`views`]: typed views of the property strings the node agent needs to
 //!   build a QEMU command line (net, drives, cpu, memory, boot order, ...).
 //! * [`upid`]: task identifiers and task exit statuses.
+//! * [`prune`]: backup retention (`prune-backups`) as Proxmox applies it.
 //! * small helpers: [`text`] (booleans, list splitting, comment and URL
 //!   encoding), [`size`] (disk sizes), [`mac`] (MAC addresses), [`volume`]
 //!   (volume IDs and the disk allocation syntax).
@@ -22,6 +23,7 @@
 
 pub mod config;
 pub mod mac;
+pub mod prune;
 pub mod schema;
 pub mod size;
 pub mod spec;
