@@ -178,7 +178,7 @@ fn key_value(key: &ParamSpec) -> Option<BoxedStrategy<String>> {
             let hi = key.maximum.unwrap_or(lo + 10_000.0);
             return Some((lo..=hi).prop_map(|n| n.to_string()).boxed());
         }
-        ParamType::String => {}
+        ParamType::String | ParamType::Array => {}
     }
     match key.format {
         Some(Format::Named(f)) => return named_value(f),

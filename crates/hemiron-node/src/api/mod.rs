@@ -5,6 +5,7 @@ pub mod error;
 pub mod server;
 
 mod access;
+mod backup;
 mod clone;
 mod cluster;
 pub mod nodes;
@@ -97,6 +98,7 @@ pub fn router(node: Arc<Node>) -> Router {
             get(storage::content),
         )
         .route("/nodes/{node}/qemu", get(qemu::list).post(qemu::create))
+        .route("/nodes/{node}/vzdump", post(backup::vzdump))
         .route(
             "/nodes/{node}/qemu/{vmid}",
             get(qemu::index).delete(qemu::destroy),

@@ -138,6 +138,9 @@ pub async fn create(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
     let vmid = vmid_of(p)?;
     check_create_control(p)?;
     let start = p.bool("start").unwrap_or(false);
+    if let Some(archive) = p.str("archive") {
+        return super::backup::restore(&node, &call, vmid, archive.to_string(), start).await;
+    }
     let req = update_request(p, CREATE_CONTROL_PARAMS);
     node.vms.reserve(vmid, &req)?;
     if let Err(e) = super::cluster::check_vmid_free_elsewhere(&node, vmid, "vmid").await {

@@ -161,11 +161,24 @@ impl Storage {
                 source.display().to_string(),
             ));
         }
+        self.import_spec(storage, vmid, &source.to_string_lossy(), format)
+            .await
+    }
+
+    /// [`Storage::import`] from what QEMU can open: a path, or a `json:` block-device spec
+    /// (a disk inside a backup archive).
+    pub async fn import_spec(
+        &self,
+        storage: &str,
+        vmid: u32,
+        source: &str,
+        format: ImageFormat,
+    ) -> Result<VolumeId, StorageError> {
         let (dir, name) = self.new_volume_name(storage, vmid, format)?;
         let path = dir.join(&name);
         // Convert into a temporary name so that a failed import leaves no half volume.
         let tmp = dir.join(format!(".{name}.importing"));
-        let src = source.to_string_lossy().into_owned();
+        let src = source.to_string();
         let tmp_str = tmp.to_string_lossy().into_owned();
         let result = qemu_img(
             "convert",
@@ -186,6 +199,53 @@ impl Storage {
             storage: storage.to_string(),
             volname: format!("{vmid}/{name}"),
         })
+    }
+
+    /// Copies `source` (a path or a `json:` spec) into a new qcow2 file `target`, its
+    /// clusters compressed with `compression` (`zlib`, `zstd`) when given, reading at most
+    /// `rate` bytes a second when given.
+    pub async fn convert_to_qcow2(
+        &self,
+        source: &str,
+        target: &Path,
+        compression: Option<&str>,
+        rate: Option<u64>,
+    ) -> Result<(), StorageError> {
+        let target = target.to_string_lossy().into_owned();
+        let mut args = vec![
+            "convert".to_string(),
+            "-U".into(),
+            "-O".into(),
+            "qcow2".into(),
+        ];
+        if let Some(c) = compression {
+            args.extend(["-c".into(), "-o".into(), format!("compression_type={c}")]);
+        }
+        if let Some(r) = rate {
+            args.extend(["-r".into(), r.to_string()]);
+        }
+        args.extend([source.to_string(), target]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        qemu_img("convert", &args).await.map(|_| ())
+    }
+
+    /// A new, empty qcow2 file of `size` bytes whose compressed clusters use
+    /// `compression` (`zlib`, `zstd`).
+    pub async fn create_qcow2(
+        &self,
+        target: &Path,
+        size: u64,
+        compression: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let target = target.to_string_lossy().into_owned();
+        let size = size.to_string();
+        let opt = format!("compression_type={}", compression.unwrap_or("zlib"));
+        qemu_img(
+            "create",
+            &["create", "-q", "-f", "qcow2", "-o", &opt, &target, &size],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Virtual size of a volume in bytes.

@@ -158,6 +158,70 @@ pub struct ContentEntry {
     pub ctime: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// A backup's notes (`ARCHIVE.notes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    /// A backup that pruning never removes (`ARCHIVE.protected` exists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protected: Option<u8>,
+}
+
+/// A backup archive's name: `vzdump-qemu-<vmid>-<YYYY_MM_DD-HH_MM_SS>.<ext>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupName {
+    pub vmid: u32,
+    /// Creation time (UTC), Unix seconds.
+    pub ctime: i64,
+}
+
+impl BackupName {
+    /// The name for a new archive of `vmid` made at `ctime`.
+    pub fn format(vmid: u32, ctime: i64, ext: &str) -> String {
+        let t = time::OffsetDateTime::from_unix_timestamp(ctime)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        format!(
+            "vzdump-qemu-{vmid}-{:04}_{:02}_{:02}-{:02}_{:02}_{:02}.{ext}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    }
+
+    /// Reads an archive name; `None` for anything else (sidecar files included).
+    pub fn parse(name: &str) -> Option<BackupName> {
+        let rest = name.strip_prefix("vzdump-qemu-")?;
+        let (vmid, rest) = rest.split_once('-')?;
+        let vmid: u32 = vmid.parse().ok()?;
+        let stamp = rest.get(..19)?;
+        let ext = rest.get(19..)?;
+        if !ext.starts_with('.') || ext.ends_with(".notes") || ext.ends_with(".protected") {
+            return None;
+        }
+        let num = |a: usize, b: usize| stamp.get(a..b)?.parse::<u16>().ok();
+        let sep = |i: usize| stamp.as_bytes().get(i).copied();
+        if sep(4) != Some(b'_') || sep(7) != Some(b'_') || sep(10) != Some(b'-') {
+            return None;
+        }
+        let date = time::Date::from_calendar_date(
+            i32::from(num(0, 4)?),
+            time::Month::try_from(u8::try_from(num(5, 7)?).ok()?).ok()?,
+            u8::try_from(num(8, 10)?).ok()?,
+        )
+        .ok()?;
+        let clock = time::Time::from_hms(
+            u8::try_from(num(11, 13)?).ok()?,
+            u8::try_from(num(14, 16)?).ok()?,
+            u8::try_from(num(17, 19)?).ok()?,
+        )
+        .ok()?;
+        Some(BackupName {
+            vmid,
+            ctime: date.with_time(clock).assume_utc().unix_timestamp(),
+        })
+    }
 }
 
 /// Space of a pool's file system.
@@ -261,6 +325,11 @@ impl Storage {
         Ok(())
     }
 
+    /// Where a pool keeps its backup archives.
+    pub fn dump_dir(&self, storage: &str) -> Result<PathBuf, StorageError> {
+        Ok(self.pool(storage)?.path.join("dump"))
+    }
+
     /// Space on a pool's file system.
     pub fn usage(&self, storage: &str) -> Result<PoolUsage, StorageError> {
         let pool = self.pool(storage)?;
@@ -344,16 +413,43 @@ impl Storage {
                         vmid: Some(owner),
                         ctime: ctime(&file),
                         parent: parent.map(|b| format!("{storage}:{b}")),
+                        notes: None,
+                        protected: None,
                     });
                 }
             }
         }
+        if wants("backup") {
+            for file in read_dir_sorted(&pool.path.join("dump"))? {
+                let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                let Some(parsed) = BackupName::parse(name) else {
+                    continue;
+                };
+                if vmid.is_some_and(|v| v != parsed.vmid) || !file.is_file() {
+                    continue;
+                }
+                let sidecar = |ext: &str| file.with_file_name(format!("{name}.{ext}"));
+                out.push(ContentEntry {
+                    volid: format!("{storage}:backup/{name}"),
+                    content: "backup".into(),
+                    format: name.split_once('.').map(|(_, e)| e).unwrap_or("").into(),
+                    size: std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0),
+                    used: None,
+                    vmid: Some(parsed.vmid),
+                    ctime: Some(parsed.ctime),
+                    parent: None,
+                    notes: std::fs::read_to_string(sidecar("notes")).ok(),
+                    protected: sidecar("protected").exists().then_some(1),
+                });
+            }
+        }
         if vmid.is_none() {
-            let flat: [(&str, PathBuf, &str); 4] = [
+            let flat: [(&str, PathBuf, &str); 3] = [
                 ("iso", pool.path.join("template/iso"), "iso/"),
                 ("snippets", pool.path.join("snippets"), "snippets/"),
                 ("import", pool.path.join("import"), "import/"),
-                ("backup", pool.path.join("dump"), "backup/"),
             ];
             for (kind, dir, prefix) in flat {
                 if !wants(kind) {
@@ -380,6 +476,8 @@ impl Storage {
                         vmid: None,
                         ctime: ctime(&file),
                         parent: None,
+                        notes: None,
+                        protected: None,
                     });
                 }
             }
@@ -420,6 +518,41 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backup_names() {
+        let ctime = 1_796_519_515; // 2026-12-06 01:11:55 UTC
+        let name = BackupName::format(100, ctime, "tar");
+        assert_eq!(name, "vzdump-qemu-100-2026_12_06-01_11_55.tar");
+        assert_eq!(
+            BackupName::parse(&name),
+            Some(BackupName { vmid: 100, ctime })
+        );
+        assert_eq!(
+            BackupName::parse("vzdump-qemu-7-2020_02_29-23_59_59.vma.zst").map(|b| b.vmid),
+            Some(7)
+        );
+        for other in [
+            "vzdump-qemu-100-2026_12_06-01_11_55.tar.notes",
+            "vzdump-qemu-100-2026_12_06-01_11_55.tar.protected",
+            "vzdump-qemu-100-2026_02_30-01_11_55.tar",
+            "vzdump-lxc-100-2026_12_06-01_11_55.tar",
+            "vzdump-qemu-x-2026_12_06-01_11_55.tar",
+            "vzdump-qemu-100-2026_12_06-01_11_55",
+        ] {
+            assert_eq!(BackupName::parse(other), None, "{other}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn backup_names_round_trip_and_never_panic(vmid in 100u32..1_000_000, ctime in 0i64..4_000_000_000, junk in ".{0,60}") {
+            let name = BackupName::format(vmid, ctime, "tar");
+            proptest::prop_assert_eq!(BackupName::parse(&name), Some(BackupName { vmid, ctime }));
+            let _ = BackupName::parse(&junk);
+            let _ = BackupName::parse(&format!("vzdump-qemu-{junk}"));
+        }
+    }
 
     #[test]
     fn volume_ids() {

@@ -246,11 +246,23 @@ pub const CREATE_CONTROL_PARAMS: &[&str] = &[
 /// Refusals for control parameters this node does not implement (yet).
 pub fn check_create_control(params: &hemiron_pve::ValidatedParams) -> Result<(), VmError> {
     let mut errors = BTreeMap::new();
-    if params.contains("archive") {
+    if params.bool("live-restore") == Some(true) {
         errors.insert(
-            "archive".to_string(),
-            "restoring from backup archives is not supported by this node yet".to_string(),
+            "live-restore".to_string(),
+            "live restore is not supported by this node; the VM starts once restored".to_string(),
         );
+    }
+    if params.contains("archive") {
+        // A restore takes the archive's config; config keys beside it are not merged.
+        for (key, _) in params.iter() {
+            if !CREATE_CONTROL_PARAMS.contains(&key) {
+                errors.insert(
+                    key.to_string(),
+                    "not allowed together with 'archive' (the archive's config is restored)"
+                        .to_string(),
+                );
+            }
+        }
     }
     for key in ["force", "unique", "live-restore", "bwlimit"] {
         if params.contains(key) && !params.contains("archive") {

@@ -44,10 +44,11 @@ struct SnapDisk {
     node: String,
 }
 
-/// The disks of a config that are snapshotted: storage volumes, not CD-ROMs or cloud-init.
-fn snap_disks(
+/// The storage-volume disks of a config (not CD-ROMs or the cloud-init drive), with the
+/// QEMU node each is attached as while the VM runs.
+pub(super) fn volume_disks(
     props: &std::collections::BTreeMap<String, String>,
-) -> Result<Vec<SnapDisk>, VmError> {
+) -> Result<Vec<(DriveKey, VolumeId, String)>, VmError> {
     let mut out = Vec::new();
     for (key, value) in crate::qemu::cmdline::drives(props) {
         let Ok(d) = Drive::parse(key, &value, false) else {
@@ -59,18 +60,28 @@ fn snap_disks(
         let Some(DriveFile::Volume(v)) = d.drive_file() else {
             continue;
         };
-        let volid = parse_volid(&v.to_string())?;
+        let throttled = d.throttle != Default::default();
+        out.push((
+            key,
+            parse_volid(&v.to_string())?,
+            format_node(&key, throttled),
+        ));
+    }
+    Ok(out)
+}
+
+/// The disks of a config that are snapshotted: every volume disk, all of them qcow2.
+fn snap_disks(
+    props: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<SnapDisk>, VmError> {
+    let mut out = Vec::new();
+    for (key, volid, node) in volume_disks(props)? {
         if crate::storage::volume_format(&volid) != Some(ImageFormat::Qcow2) {
             return Err(VmError::Refused(format!(
                 "snapshot feature is not available for {key} ({volid}): only qcow2 volumes have snapshots"
             )));
         }
-        let throttled = d.throttle != Default::default();
-        out.push(SnapDisk {
-            key,
-            node: format_node(&key, throttled),
-            volid,
-        });
+        out.push(SnapDisk { key, node, volid });
     }
     Ok(out)
 }

@@ -366,6 +366,8 @@ fn check_type_with(spec: &ParamSpec, value: &str) -> Result<String, String> {
             }
             None => Ok(strip_quotes(value).to_string()),
         },
+        // No config key is a list.
+        ParamType::Array => Ok(value.to_string()),
     }
 }
 

@@ -65,7 +65,7 @@ pub(crate) fn check_prop(
         }
         ParamType::Integer => is_integer(value).then(|| Value::Int(intify(value))),
         ParamType::Number => is_number(value).then(|| Value::Num(numify(value))),
-        ParamType::String => Some(Value::Str(value.to_string())),
+        ParamType::String | ParamType::Array => Some(Value::Str(value.to_string())),
     };
     let Some(typed) = typed else {
         add_error(

@@ -42,6 +42,13 @@ pub(crate) fn ipv6_re() -> String {
     }) + ")"
 }
 
+/// The items of a `-list` format: separated by commas, semicolons, white space or NUL.
+fn list_items(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split(|c: char| c == ',' || c == ';' || c == '\0' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+}
+
 const DNS_LABEL: &str = r"([a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?)";
 
 /// A format PVE checks in code.
@@ -49,6 +56,10 @@ const DNS_LABEL: &str = r"([a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?)";
 pub enum NamedFormat {
     /// `pve-vmid`: 100..999999999 written without leading zeros.
     PveVmid,
+    /// `pve-vmid-list`: VM IDs separated by commas, semicolons or white space.
+    PveVmidList,
+    /// `email-or-username-list`: mail addresses or user names, separated likewise.
+    EmailOrUsernameList,
     /// `pve-node`: a host name label.
     PveNode,
     /// `pve-storage-id`.
@@ -123,6 +134,8 @@ impl NamedFormat {
         use NamedFormat::*;
         match self {
             PveVmid => "pve-vmid",
+            PveVmidList => "pve-vmid-list",
+            EmailOrUsernameList => "email-or-username-list",
             PveNode => "pve-node",
             PveStorageId => "pve-storage-id",
             PveBridgeId => "pve-bridge-id",
@@ -167,6 +180,20 @@ impl NamedFormat {
             PveVmid => ok(
                 full_match("[1-9][0-9]{2,8}", value),
                 "value does not look like a valid VM ID\n".into(),
+            ),
+            PveVmidList => ok(
+                list_items(value).all(|id| full_match("[1-9][0-9]{2,8}", id))
+                    && list_items(value).next().is_some(),
+                format!("value '{value}' does not look like a valid VM ID\n"),
+            ),
+            EmailOrUsernameList => ok(
+                list_items(value).all(|item| {
+                    full_match(
+                        r"[\w+\-~]+(\.[\w+\-~]+)*@[a-zA-Z0-9\-]+(\.[a-zA-Z0-9\-]+)*",
+                        item,
+                    ) || full_match(r"[^\s:/]+", item)
+                }),
+                format!("value '{value}' does not look like a valid email address or user name\n"),
             ),
             PveNode => ok(
                 full_match(r"[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?", value),

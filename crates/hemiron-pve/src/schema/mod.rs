@@ -48,6 +48,9 @@ pub enum ParamType {
     Number,
     /// Any text.
     String,
+    /// A list of strings: the parameter given once per item (the items arrive joined with
+    /// NUL, see [`validate`]).
+    Array,
 }
 
 impl ParamType {
@@ -58,6 +61,7 @@ impl ParamType {
             ParamType::Integer => "integer",
             ParamType::Number => "number",
             ParamType::String => "string",
+            ParamType::Array => "array",
         }
     }
 }
@@ -171,6 +175,11 @@ impl ParamSpec {
     /// A required string.
     pub const fn string(name: &'static str) -> ParamSpec {
         ParamSpec::new(name, ParamType::String)
+    }
+
+    /// A required list of strings.
+    pub const fn array(name: &'static str) -> ParamSpec {
+        ParamSpec::new(name, ParamType::Array)
     }
 
     /// Marks the value optional.

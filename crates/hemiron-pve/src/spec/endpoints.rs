@@ -4,7 +4,7 @@
 use super::qm::MACHINE_FORMAT;
 use super::vm_config::{CONFIG_COMMON, CONFIG_DRIVES};
 use super::EndpointSpec;
-use crate::schema::{NamedFormat as F, ParamSpec as P};
+use crate::schema::{NamedFormat as F, ParamSpec as P, PropertyFormat};
 
 /// `node` (a path parameter everywhere below `/nodes/{node}`).
 pub const NODE: P = P::string("node").named(F::PveNode);
@@ -125,6 +125,106 @@ static QEMU_CREATE: &[P] = &[
     P::boolean("start").optional().default_bool(false),
     P::string("storage").optional().named(F::PveStorageId),
     P::boolean("unique").optional().requires("archive"),
+];
+
+/// `prune-backups` (registered format `prune-backups`).
+pub static PRUNE_BACKUPS_FORMAT: PropertyFormat = PropertyFormat {
+    name: Some("prune-backups"),
+    keys: &[&[
+        P::boolean("keep-all").optional(),
+        P::integer("keep-daily").optional().min(1),
+        P::integer("keep-hourly").optional().min(1),
+        P::integer("keep-last").optional().min(1),
+        P::integer("keep-monthly").optional().min(1),
+        P::integer("keep-weekly").optional().min(1),
+        P::integer("keep-yearly").optional().min(1),
+    ]],
+    aliases: &[],
+    validator: None,
+};
+
+/// vzdump's `fleecing` (`backup-fleecing`).
+static BACKUP_FLEECING_FORMAT: PropertyFormat = PropertyFormat {
+    name: Some("backup-fleecing"),
+    keys: &[&[
+        P::boolean("enabled").optional().default_key(),
+        P::string("storage").optional().named(F::PveStorageId),
+    ]],
+    aliases: &[],
+    validator: None,
+};
+
+/// vzdump's `performance` (`backup-performance`).
+static BACKUP_PERFORMANCE_FORMAT: PropertyFormat = PropertyFormat {
+    name: Some("backup-performance"),
+    keys: &[&[
+        P::integer("max-workers").optional(),
+        P::integer("pbs-entries-max").optional(),
+    ]],
+    aliases: &[],
+    validator: None,
+};
+
+/// `POST /nodes/{node}/vzdump`, as PVE declares it (the node refuses what it does not do).
+static VZDUMP: &[P] = &[
+    P::string("node").optional().named(F::PveNode),
+    P::boolean("all").optional().default_bool(false),
+    P::integer("bwlimit").optional().min(0).default_int(0),
+    P::string("compress")
+        .optional()
+        .default_str("0")
+        .enums(&["0", "1", "gzip", "lzo", "zstd"]),
+    P::string("dumpdir").optional(),
+    P::string("exclude").optional().named(F::PveVmidList),
+    P::array("exclude-path").optional(),
+    P::string("fleecing")
+        .optional()
+        .prop(&BACKUP_FLEECING_FORMAT),
+    P::integer("ionice").optional().min(0).max(8).default_int(7),
+    P::string("job-id").optional().max_len(50).pattern(r"\S+"),
+    P::integer("lockwait").optional().min(0).default_int(180),
+    P::string("mailnotification")
+        .optional()
+        .default_str("always")
+        .enums(&["always", "failure"]),
+    P::string("mailto").optional().named(F::EmailOrUsernameList),
+    P::integer("maxfiles").optional().min(1),
+    P::string("mode")
+        .optional()
+        .default_str("snapshot")
+        .enums(&["snapshot", "suspend", "stop"]),
+    P::string("notes-template")
+        .optional()
+        .max_len(1024)
+        .requires("storage"),
+    P::string("notification-mode")
+        .optional()
+        .default_str("auto")
+        .enums(&["auto", "legacy-sendmail", "notification-system"]),
+    P::string("pbs-change-detection-mode")
+        .optional()
+        .enums(&["legacy", "data", "metadata"]),
+    P::string("performance")
+        .optional()
+        .prop(&BACKUP_PERFORMANCE_FORMAT),
+    P::integer("pigz").optional().default_int(0),
+    P::string("pool").optional(),
+    P::boolean("protected").optional().requires("storage"),
+    P::string("prune-backups")
+        .optional()
+        .default_str("keep-all=1")
+        .prop(&PRUNE_BACKUPS_FORMAT),
+    P::boolean("quiet").optional().default_bool(false),
+    P::boolean("remove").optional().default_bool(true),
+    P::string("script").optional(),
+    P::boolean("stdexcludes").optional().default_bool(true),
+    P::boolean("stdout").optional(),
+    P::boolean("stop").optional().default_bool(false),
+    P::integer("stopwait").optional().min(0).default_int(10),
+    P::string("storage").optional().named(F::PveStorageId),
+    P::string("tmpdir").optional(),
+    P::string("vmid").optional().named(F::PveVmidList),
+    P::integer("zstd").optional().default_int(1),
 ];
 
 static QEMU_DESTROY: &[P] = &[
@@ -321,6 +421,7 @@ pub static ENDPOINTS: &[EndpointSpec] = &[
     ep("GET", "/cluster/resources", &[CLUSTER_RESOURCES]),
     ep("GET", "/cluster/nextid", &[CLUSTER_NEXTID]),
     ep("GET", "/nodes/{node}/qemu", &[NODE_ONLY, QEMU_LIST]),
+    ep("POST", "/nodes/{node}/vzdump", &[VZDUMP]),
     ep(
         "POST",
         "/nodes/{node}/qemu",

@@ -1,0 +1,668 @@
+//! Backups (`vzdump`) and restores (`POST /nodes/{node}/qemu` with `archive`).
+//!
+//! An archive is `STORAGE/dump/vzdump-qemu-<vmid>-<YYYY_MM_DD-HH_MM_SS>.tar`, a POSIX tar
+//! holding, in this order:
+//! - `index.json`: `{"format": "hemiron-vzdump-1", "vmid", "ctime", "compress", "disks":
+//!   [{"key", "volid", "size", "file"}]}`;
+//! - `qemu-server.conf`: the VM's config when the backup was taken (without pending changes
+//!   and snapshots);
+//! - `disk-<key>.qcow2` per disk: a full copy, its clusters compressed with zlib or zstd
+//!   when `compress` asks for it.
+//!
+//! A running VM is copied without stopping it and at one instant: QEMU's `blockdev-backup`
+//! for every disk starts in one transaction and copies a block out before the guest may
+//! overwrite it (`mode=suspend` pauses the guest only while the jobs start; `mode=stop`
+//! shuts it down, copies, and starts it again). The tar members are plain files, so a
+//! restore reads a disk straight out of the archive (QEMU's `raw` driver with an offset).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hemiron_pve::config::VmConfig;
+use hemiron_pve::mac::MacAddr;
+use hemiron_pve::prune::{Backup, Mark, PruneOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::lifecycle::{StartOptions, StopOptions};
+use super::template::wait_job;
+use super::{VmError, VmManager};
+use crate::storage::{parse_volid, BackupName, ImageFormat, VolumeId};
+use crate::tasks::TaskContext;
+
+const FORMAT: &str = "hemiron-vzdump-1";
+
+/// How the disks' clusters are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compress {
+    None,
+    Zlib,
+    Zstd,
+}
+
+impl Compress {
+    /// vzdump's `compress`: `0`, `1`/`gzip` (zlib), `zstd`; `lzo` has no qcow2 form.
+    pub fn parse(value: &str) -> Result<Compress, String> {
+        match value {
+            "0" => Ok(Compress::None),
+            "1" | "gzip" => Ok(Compress::Zlib),
+            "zstd" => Ok(Compress::Zstd),
+            other => Err(format!(
+                "compression '{other}' is not supported here (use 0, 1, gzip or zstd)"
+            )),
+        }
+    }
+
+    fn qcow2_type(self) -> Option<&'static str> {
+        match self {
+            Compress::None => None,
+            Compress::Zlib => Some("zlib"),
+            Compress::Zstd => Some("zstd"),
+        }
+    }
+}
+
+/// vzdump's `mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Snapshot,
+    Suspend,
+    Stop,
+}
+
+/// One VM's backup.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    pub storage: String,
+    pub mode: Mode,
+    pub compress: Compress,
+    /// KiB/s; `None` or 0: unlimited.
+    pub bwlimit_kib: Option<u64>,
+    pub notes_template: Option<String>,
+    pub protected: bool,
+    /// Prune this VM's backups on the storage afterwards with these options.
+    pub prune: Option<PruneOptions>,
+    /// The node's name, for the notes template.
+    pub node: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Index {
+    format: String,
+    vmid: u32,
+    ctime: i64,
+    compress: Compress,
+    disks: Vec<IndexDisk>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexDisk {
+    key: String,
+    volid: String,
+    size: u64,
+    file: String,
+}
+
+/// Removes a directory when dropped (the backup's scratch space, whatever happens).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `{{guestname}}`, `{{vmid}}`, `{{node}}` and `{{cluster}}` of a notes template.
+fn render_notes(template: &str, name: &str, vmid: u32, node: &str) -> String {
+    template
+        .replace("{{guestname}}", name)
+        .replace("{{vmid}}", &vmid.to_string())
+        .replace("{{node}}", node)
+        .replace("{{cluster}}", node)
+        .replace("\\n", "\n")
+}
+
+/// Opens a tar archive and finds where each member's bytes are.
+fn members(path: &Path) -> Result<BTreeMap<String, (u64, u64)>, VmError> {
+    let bad =
+        |e: std::io::Error| VmError::Refused(format!("unreadable archive {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(bad)?;
+    let mut archive = tar::Archive::new(file);
+    let mut out = BTreeMap::new();
+    for entry in archive.entries().map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        out.insert(name, (entry.raw_file_position(), entry.size()));
+    }
+    Ok(out)
+}
+
+fn read_member(path: &Path, at: (u64, u64)) -> Result<Vec<u8>, VmError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad =
+        |e: std::io::Error| VmError::Refused(format!("unreadable archive {}: {e}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(bad)?;
+    f.seek(SeekFrom::Start(at.0)).map_err(bad)?;
+    let mut buf = Vec::new();
+    f.take(at.1).read_to_end(&mut buf).map_err(bad)?;
+    Ok(buf)
+}
+
+/// What a restore needs from an archive.
+pub struct Archive {
+    path: PathBuf,
+    index: Index,
+    pub conf: VmConfig,
+    members: BTreeMap<String, (u64, u64)>,
+}
+
+impl Archive {
+    pub fn open(path: &Path) -> Result<Archive, VmError> {
+        let members = members(path)?;
+        let get = |name: &str| {
+            members.get(name).copied().ok_or_else(|| {
+                VmError::Refused(format!("archive {} has no {name}", path.display()))
+            })
+        };
+        let index: Index = serde_json::from_slice(&read_member(path, get("index.json")?)?)
+            .map_err(|e| VmError::Refused(format!("archive index unreadable: {e}")))?;
+        if index.format != FORMAT {
+            return Err(VmError::Refused(format!(
+                "archive format '{}' is not {FORMAT}",
+                index.format
+            )));
+        }
+        let text = String::from_utf8(read_member(path, get("qemu-server.conf")?)?)
+            .map_err(|_| VmError::Refused("archive config is not text".into()))?;
+        let conf = hemiron_pve::config::parse(&text)
+            .map_err(|e| VmError::Refused(format!("archive config unreadable: {e}")))?;
+        Ok(Archive {
+            path: path.to_path_buf(),
+            index,
+            conf,
+            members,
+        })
+    }
+
+    /// A `json:` spec that lets QEMU read one disk straight out of the archive.
+    fn disk_spec(&self, file: &str) -> Result<String, VmError> {
+        let (offset, size) = self
+            .members
+            .get(file)
+            .copied()
+            .ok_or_else(|| VmError::Refused(format!("archive has no {file}")))?;
+        let spec = json!({
+            "driver": "qcow2",
+            "file": {
+                "driver": "raw",
+                "offset": offset,
+                "size": size,
+                "file": { "driver": "file", "filename": self.path.to_string_lossy() },
+            },
+        });
+        Ok(format!("json:{spec}"))
+    }
+}
+
+impl VmManager {
+    /// The disks a backup copies: storage volumes, not CD-ROMs or the cloud-init drive
+    /// (which a restore makes anew).
+    fn backup_disks(conf: &VmConfig) -> Result<Vec<(String, VolumeId, String)>, VmError> {
+        Ok(super::snapshot::volume_disks(&conf.main.props)?
+            .into_iter()
+            .map(|(key, volid, node)| (key.to_string(), volid, node))
+            .collect())
+    }
+
+    /// The `vzdump` task for one VM: writes the archive and returns its volume ID.
+    pub async fn backup(
+        &self,
+        vmid: u32,
+        req: &BackupRequest,
+        log: &TaskContext,
+    ) -> Result<String, VmError> {
+        let dump = self.storage().dump_dir(&req.storage)?;
+        std::fs::create_dir_all(&dump)
+            .map_err(|e| VmError::Refused(format!("cannot use {}: {e}", dump.display())))?;
+        let stopped_for_backup = req.mode == Mode::Stop && self.running(vmid).is_some();
+        if stopped_for_backup {
+            log.log("stopping the VM for a stop-mode backup");
+            self.shutdown(
+                vmid,
+                StopOptions {
+                    skiplock: false,
+                    timeout: Duration::from_secs(180),
+                    force_stop: true,
+                },
+                log,
+            )
+            .await?;
+        }
+        let result = self.backup_locked(vmid, req, &dump, log).await;
+        if stopped_for_backup {
+            log.log("starting the VM again");
+            if let Err(e) = self.start(vmid, StartOptions::default(), log).await {
+                log.log(format!("could not start the VM again: {e}"));
+            }
+        }
+        let name = result?;
+        if let Some(opts) = &req.prune {
+            self.prune_backups(vmid, &req.storage, opts, log)?;
+        }
+        Ok(format!("{}:backup/{name}", req.storage))
+    }
+
+    async fn backup_locked(
+        &self,
+        vmid: u32,
+        req: &BackupRequest,
+        dump: &Path,
+        log: &TaskContext,
+    ) -> Result<String, VmError> {
+        let _guard = self.lock(vmid).await?;
+        let loaded = self.store.load(vmid)?;
+        super::update::check_lock(&loaded.conf, false)?;
+        let mut saved = loaded.conf.clone();
+        saved.pending = None;
+        saved.snapshots.clear();
+        saved.main.props.remove("parent");
+        let disks = Self::backup_disks(&saved)?;
+        // Names have one-second resolution: a second backup within the same second takes
+        // the next free one.
+        let mut ctime = crate::tasks::unix_now();
+        while dump.join(BackupName::format(vmid, ctime, "tar")).exists() {
+            ctime += 1;
+        }
+        let name = BackupName::format(vmid, ctime, "tar");
+        let scratch = Scratch(dump.join(format!(".{name}.tmp")));
+        std::fs::create_dir_all(&scratch.0)
+            .map_err(|e| VmError::Refused(format!("cannot make {}: {e}", scratch.0.display())))?;
+        log.log(format!(
+            "backing up VM {vmid} ({} disk(s)) to '{}:backup/{name}', mode {:?}, compression {:?}",
+            disks.len(),
+            req.storage,
+            req.mode,
+            req.compress
+        ));
+        let mut index = Index {
+            format: FORMAT.into(),
+            vmid,
+            ctime,
+            compress: req.compress,
+            disks: Vec::new(),
+        };
+        let mut files = Vec::new();
+        for (key, volid, _) in &disks {
+            let size = self.storage().volume_size(volid).await?;
+            let file = format!("disk-{key}.qcow2");
+            files.push(scratch.0.join(&file));
+            index.disks.push(IndexDisk {
+                key: key.clone(),
+                volid: volid.to_string(),
+                size,
+                file,
+            });
+        }
+        let rate = req.bwlimit_kib.filter(|r| *r > 0).map(|r| r * 1024);
+        match self.running(vmid) {
+            Some(run) => {
+                for (d, path) in index.disks.iter().zip(&files) {
+                    self.storage()
+                        .create_qcow2(path, d.size, req.compress.qcow2_type())
+                        .await?;
+                }
+                let owner = &run.owner;
+                let paused = req.mode == Mode::Suspend;
+                if paused {
+                    owner.pause().await?;
+                }
+                let copied = self
+                    .live_backup(owner, &disks, &files, req.compress, rate, log)
+                    .await;
+                if paused {
+                    let _ = owner.resume().await;
+                }
+                copied?;
+            }
+            None => {
+                for ((_, volid, _), path) in disks.iter().zip(&files) {
+                    let src = self.storage().existing_path(volid)?;
+                    log.log(format!("copying {volid}"));
+                    self.storage()
+                        .convert_to_qcow2(
+                            &src.to_string_lossy(),
+                            path,
+                            req.compress.qcow2_type(),
+                            rate,
+                        )
+                        .await?;
+                }
+            }
+        }
+        let conf_text = hemiron_pve::config::write(&saved)
+            .map_err(|e| VmError::Refused(format!("config not written: {e}")))?;
+        let index_json = serde_json::to_vec_pretty(&index)
+            .map_err(|e| VmError::Refused(format!("index not written: {e}")))?;
+        let tmp = scratch.0.join("archive.tar");
+        write_archive(
+            &tmp,
+            &index_json,
+            conf_text.as_bytes(),
+            &index.disks,
+            &files,
+        )
+        .map_err(|e| VmError::Refused(format!("archive not written: {e}")))?;
+        let target = dump.join(&name);
+        std::fs::rename(&tmp, &target)
+            .map_err(|e| VmError::Refused(format!("archive not stored: {e}")))?;
+        if let Ok(d) = std::fs::File::open(dump) {
+            let _ = d.sync_all();
+        }
+        if let Some(t) = &req.notes_template {
+            let guest = saved.get("name").unwrap_or_default().to_string();
+            let notes = render_notes(t, &guest, vmid, &req.node);
+            let _ = crate::fsutil::write_atomic(
+                &dump.join(format!("{name}.notes")),
+                notes.as_bytes(),
+                0o644,
+            );
+        }
+        if req.protected {
+            let _ =
+                crate::fsutil::write_atomic(&dump.join(format!("{name}.protected")), b"", 0o644);
+        }
+        let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
+        log.log(format!("archive '{name}' written: {size} bytes"));
+        Ok(name)
+    }
+
+    /// Copies a running VM's disks at one instant: every `blockdev-backup` starts in one
+    /// QMP transaction.
+    async fn live_backup(
+        &self,
+        owner: &super::owner::OwnerHandle,
+        disks: &[(String, VolumeId, String)],
+        files: &[PathBuf],
+        compress: Compress,
+        rate: Option<u64>,
+        log: &TaskContext,
+    ) -> Result<(), VmError> {
+        let tag = rand::random::<u32>();
+        let mut added = Vec::new();
+        let mut jobs = Vec::new();
+        let result = async {
+            let mut actions = Vec::new();
+            for (i, ((_, _, node), path)) in disks.iter().zip(files).enumerate() {
+                let target = format!("backup-{tag}-{i}");
+                owner
+                    .raw(
+                        "blockdev-add",
+                        Some(json!({
+                            "driver": "qcow2",
+                            "node-name": target,
+                            "file": { "driver": "file", "filename": path.to_string_lossy() },
+                        })),
+                    )
+                    .await?;
+                added.push(target.clone());
+                let job = format!("{target}-job");
+                let mut data = json!({
+                    "job-id": job, "device": node, "target": target, "sync": "full",
+                    "compress": compress != Compress::None, "auto-dismiss": false,
+                });
+                if let Some(r) = rate {
+                    data["speed"] = json!(r);
+                }
+                actions.push(json!({ "type": "blockdev-backup", "data": data }));
+                jobs.push(job);
+            }
+            if !actions.is_empty() {
+                owner
+                    .raw("transaction", Some(json!({ "actions": actions })))
+                    .await?;
+            }
+            for job in &jobs {
+                wait_job(owner, job, log).await?;
+            }
+            Ok::<(), VmError>(())
+        }
+        .await;
+        for job in &jobs {
+            let _ = owner.raw("job-dismiss", Some(json!({ "id": job }))).await;
+        }
+        for node in &added {
+            let _ = owner
+                .raw("blockdev-del", Some(json!({ "node-name": node })))
+                .await;
+        }
+        result
+    }
+
+    /// Prunes VM `vmid`'s backups on `storage` (protected ones stay).
+    pub fn prune_backups(
+        &self,
+        vmid: u32,
+        storage: &str,
+        opts: &PruneOptions,
+        log: &TaskContext,
+    ) -> Result<(), VmError> {
+        let dump = self.storage().dump_dir(storage)?;
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dump).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(b) = BackupName::parse(&name).filter(|b| b.vmid == vmid) {
+                let protected = dump.join(format!("{name}.protected")).exists();
+                found.push((
+                    name,
+                    Backup {
+                        ctime: b.ctime,
+                        protected,
+                    },
+                ));
+            }
+        }
+        let marks = hemiron_pve::prune::mark(
+            &found.iter().map(|(_, b)| *b).collect::<Vec<_>>(),
+            opts,
+            time::UtcOffset::UTC,
+        );
+        for ((name, _), mark) in found.iter().zip(marks) {
+            if mark == Mark::Remove {
+                log.log(format!(
+                    "prune: removing backup '{storage}:backup/{name}' ({opts})"
+                ));
+                for f in [name.clone(), format!("{name}.notes")] {
+                    let _ = std::fs::remove_file(dump.join(f));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `qmrestore` task: a VM `vmid` made from `archive` (already reserved here, or,
+    /// with `force`, replacing the stopped VM of that id). Disks go to `storage`, or where
+    /// they were when that storage exists here. A VM restored under another VMID gets new
+    /// MAC addresses and a new SMBIOS UUID and VM generation ID (its own cloud-init identity).
+    pub async fn restore(
+        &self,
+        vmid: u32,
+        archive_volid: &str,
+        storage: Option<&str>,
+        unique: bool,
+        log: &TaskContext,
+    ) -> Result<(), VmError> {
+        let volid = parse_volid(archive_volid)?;
+        let path = self.storage().existing_path(&volid)?;
+        let archive = Archive::open(&path)?;
+        let _guard = self.lock(vmid).await?;
+        let new_identity = unique || archive.index.vmid != vmid;
+        log.log(format!(
+            "restoring VM {vmid} from '{archive_volid}' (backup of VM {} taken at {})",
+            archive.index.vmid, archive.index.ctime
+        ));
+        let mut conf = archive.conf.clone();
+        let mut made: Vec<VolumeId> = Vec::new();
+        let result = async {
+            for d in &archive.index.disks {
+                let old = parse_volid(&d.volid)?;
+                let target = match storage {
+                    Some(s) => s.to_string(),
+                    None if self.storage().pool(&old.storage).is_ok() => old.storage.clone(),
+                    None => "local".to_string(),
+                };
+                let format = crate::storage::volume_format(&old).unwrap_or(ImageFormat::Qcow2);
+                log.log(format!(
+                    "restoring disk {} ({}) to storage '{target}'",
+                    d.key, d.volid
+                ));
+                let spec = archive.disk_spec(&d.file)?;
+                let new = self
+                    .storage()
+                    .import_spec(&target, vmid, &spec, format)
+                    .await?;
+                made.push(new.clone());
+                if let Some(value) = conf.main.props.get(&d.key).cloned() {
+                    conf.main
+                        .props
+                        .insert(d.key.clone(), value.replacen(&d.volid, &new.to_string(), 1));
+                }
+            }
+            Ok::<(), VmError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            for v in &made {
+                let _ = self.storage().free(v);
+            }
+            return Err(e);
+        }
+        if new_identity {
+            renew_identity(&mut conf);
+        }
+        conf.main.props.remove("lock");
+        self.store.write(vmid, &conf)?;
+        if conf.main.props.contains_key("net0") {
+            self.forwards.ensure(vmid)?;
+        }
+        log.log(format!("VM {vmid} restored"));
+        Ok(())
+    }
+}
+
+/// New MAC addresses, SMBIOS UUID and VM generation ID for a copy that runs beside the
+/// original (cloud-init keys its instance on the UUID).
+fn renew_identity(conf: &mut VmConfig) {
+    let keys: Vec<String> = conf.main.props.keys().cloned().collect();
+    for key in keys {
+        let Some(value) = conf.main.props.get(&key).cloned() else {
+            continue;
+        };
+        if key.starts_with("net") && key[3..].chars().all(|c| c.is_ascii_digit()) {
+            let renewed: Vec<String> = value
+                .split(',')
+                .map(|part| match part.split_once('=') {
+                    Some((model, mac)) if mac.parse::<MacAddr>().is_ok() => {
+                        format!("{model}={}", MacAddr::random_proxmox())
+                    }
+                    _ => part.to_string(),
+                })
+                .collect();
+            conf.main.props.insert(key, renewed.join(","));
+        } else if key == "smbios1" {
+            let renewed: Vec<String> = value
+                .split(',')
+                .map(|part| {
+                    if part.starts_with("uuid=") {
+                        format!("uuid={}", uuid::Uuid::new_v4())
+                    } else {
+                        part.to_string()
+                    }
+                })
+                .collect();
+            conf.main.props.insert(key, renewed.join(","));
+        } else if key == "vmgenid" {
+            conf.main
+                .props
+                .insert(key, uuid::Uuid::new_v4().to_string());
+        }
+    }
+}
+
+/// Writes the archive: index, config, then the disks, and syncs it to disk.
+fn write_archive(
+    path: &Path,
+    index: &[u8],
+    conf: &[u8],
+    disks: &[IndexDisk],
+    files: &[PathBuf],
+) -> std::io::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+    // Every member stored whole and contiguous: a restore reads disks in place.
+    tar.sparse(false);
+    let mut small = |name: &str, data: &[u8]| {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(crate::tasks::unix_now().max(0) as u64);
+        header.set_cksum();
+        tar.append_data(&mut header, name, data)
+    };
+    small("index.json", index)?;
+    small("qemu-server.conf", conf)?;
+    for (d, f) in disks.iter().zip(files) {
+        tar.append_path_with_name(f, &d.file)?;
+    }
+    let mut out = tar.into_inner()?;
+    out.flush()?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compress_options() {
+        assert_eq!(Compress::parse("0"), Ok(Compress::None));
+        assert_eq!(Compress::parse("gzip"), Ok(Compress::Zlib));
+        assert_eq!(Compress::parse("1"), Ok(Compress::Zlib));
+        assert_eq!(Compress::parse("zstd"), Ok(Compress::Zstd));
+        assert!(Compress::parse("lzo").is_err());
+    }
+
+    #[test]
+    fn notes_templates() {
+        assert_eq!(
+            render_notes(
+                "{{guestname}} ({{vmid}}) on {{node}}\\nnightly",
+                "web",
+                100,
+                "n1"
+            ),
+            "web (100) on n1\nnightly"
+        );
+    }
+
+    #[test]
+    fn a_copy_gets_its_own_identity() {
+        let mut conf = hemiron_pve::config::parse(
+            "net0: virtio=BC:24:11:00:00:01,bridge=vmbr0\nsmbios1: uuid=6b5f0c4e-0000-4000-8000-000000000001\nvmgenid: 11111111-2222-3333-4444-555555555555\nname: a\n",
+        )
+        .unwrap();
+        renew_identity(&mut conf);
+        let net = conf.get("net0").unwrap();
+        assert!(net.starts_with("virtio=") && net.ends_with(",bridge=vmbr0"));
+        assert!(!net.contains("BC:24:11:00:00:01"));
+        assert!(!conf.get("smbios1").unwrap().contains("000000000001"));
+        assert_ne!(
+            conf.get("vmgenid"),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
+        assert_eq!(conf.get("name"), Some("a"));
+    }
+}

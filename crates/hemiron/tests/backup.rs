@@ -1,0 +1,224 @@
+//! Backups and restores of stopped VMs through the node API: `vzdump` writes an archive that
+//! is listed as backup content, carries the config and the disks' data, is pruned by the
+//! retention options, and restores to the same or a new VMID.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Agent, Api};
+use serde_json::Value;
+
+/// Writes `pattern` bytes at `offset` of a qcow2 file (the VM is stopped).
+fn write_pattern(path: &Path, pattern: u8, offset: &str) {
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -P {pattern} {offset} 64k"))
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether the 64 KiB at `offset` all hold `pattern`.
+fn has_pattern(path: &Path, pattern: u8, offset: &str) -> bool {
+    let out = Command::new("qemu-io")
+        .args(["-r", "-f", "qcow2", "-c"])
+        .arg(format!("read -P {pattern} {offset} 64k"))
+        .arg(path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    out.status.success() && !text.contains("Pattern verification failed")
+}
+
+fn backups(api: &Api) -> Vec<Value> {
+    api.get("/nodes/n1/storage/local/content", &[("content", "backup")])
+        .ok()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn vzdump(api: &Api, params: &[(&str, &str)]) -> Value {
+    api.task_ok("n1", "POST", "/nodes/n1/vzdump", params)
+}
+
+#[test]
+fn backups_restore_prune_and_refuse_what_they_cannot_do() {
+    let agent = Agent::start();
+    let api = agent.api();
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu",
+        &[
+            ("vmid", "100"),
+            ("name", "web"),
+            ("memory", "128"),
+            ("net0", "virtio,bridge=vmbr0"),
+            ("scsi0", "local:1"),
+            ("scsi1", "local:1"),
+        ],
+    );
+    let images = agent.data_dir().join("storage/local/images");
+    let disk0 = images.join("100/vm-100-disk-0.qcow2");
+    let disk1 = images.join("100/vm-100-disk-1.qcow2");
+    write_pattern(&disk0, 0x5a, "1M");
+    write_pattern(&disk1, 0x6b, "512M");
+    let original = api.get("/nodes/n1/qemu/100/config", &[]).ok();
+
+    vzdump(
+        &api,
+        &[
+            ("vmid", "100"),
+            ("storage", "local"),
+            ("compress", "zstd"),
+            ("notes-template", "{{guestname}} ({{vmid}}) nightly"),
+        ],
+    );
+    let list = backups(&api);
+    assert_eq!(list.len(), 1, "{list:?}");
+    let b = &list[0];
+    let volid = b["volid"].as_str().unwrap().to_string();
+    assert!(
+        volid.starts_with("local:backup/vzdump-qemu-100-") && volid.ends_with(".tar"),
+        "{volid}"
+    );
+    assert_eq!(b["vmid"], 100);
+    assert_eq!(b["notes"], "web (100) nightly");
+    assert_eq!(b["content"], "backup");
+    assert!(b["ctime"].as_i64().unwrap() > 1_700_000_000);
+    // Compressed: the 2 GiB of (mostly empty) disks take far less.
+    assert!(b["size"].as_u64().unwrap() < 16 << 20, "{b}");
+
+    // A new VM from it: the same config and data, its own MAC address.
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu",
+        &[("vmid", "101"), ("archive", &volid)],
+    );
+    let copy = api.get("/nodes/n1/qemu/101/config", &[]).ok();
+    assert_eq!(copy["name"], "web");
+    assert_eq!(copy["memory"], original["memory"]);
+    assert_ne!(copy["net0"], original["net0"]);
+    assert!(copy["net0"].as_str().unwrap().starts_with("virtio="));
+    assert_eq!(
+        copy["scsi0"].as_str().unwrap().split(',').next(),
+        Some("local:101/vm-101-disk-0.qcow2")
+    );
+    assert!(has_pattern(
+        &images.join("101/vm-101-disk-0.qcow2"),
+        0x5a,
+        "1M"
+    ));
+    assert!(has_pattern(
+        &images.join("101/vm-101-disk-1.qcow2"),
+        0x6b,
+        "512M"
+    ));
+
+    // The original deleted, then restored under its own VMID: identical config and data.
+    api.task_ok("n1", "DELETE", "/nodes/n1/qemu/100", &[("purge", "1")]);
+    assert!(!disk0.exists());
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu",
+        &[("vmid", "100"), ("archive", &volid)],
+    );
+    let restored = api.get("/nodes/n1/qemu/100/config", &[]).ok();
+    for key in [
+        "name", "memory", "net0", "scsi0", "scsi1", "smbios1", "vmgenid",
+    ] {
+        assert_eq!(restored[key], original[key], "{key}");
+    }
+    assert!(has_pattern(&disk0, 0x5a, "1M"));
+    assert!(has_pattern(&disk1, 0x6b, "512M"));
+
+    // Over an existing VM only with force (and the VM's old disks go).
+    let refused = api.post("/nodes/n1/qemu", &[("vmid", "101"), ("archive", &volid)]);
+    assert_eq!(refused.status, 400, "{:?}", refused.body);
+    write_pattern(&images.join("101/vm-101-disk-0.qcow2"), 0x11, "1M");
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu",
+        &[("vmid", "101"), ("archive", &volid), ("force", "1")],
+    );
+    assert!(has_pattern(
+        &images.join("101/vm-101-disk-0.qcow2"),
+        0x5a,
+        "1M"
+    ));
+
+    // Retention: a protected backup, then one more with keep-last=1: the new one stays, the
+    // protected one stays (and counts for nothing), the first one goes.
+    vzdump(
+        &api,
+        &[("vmid", "100"), ("storage", "local"), ("protected", "1")],
+    );
+    vzdump(
+        &api,
+        &[
+            ("vmid", "100"),
+            ("storage", "local"),
+            ("prune-backups", "keep-last=1"),
+        ],
+    );
+    let list = backups(&api);
+    let of100: Vec<&Value> = list.iter().filter(|b| b["vmid"] == 100).collect();
+    assert_eq!(of100.len(), 2, "{list:?}");
+    assert_eq!(of100.iter().filter(|b| b["protected"] == 1).count(), 1);
+    assert!(
+        !of100.iter().any(|b| b["volid"] == volid.as_str()),
+        "the oldest unprotected backup was pruned: {list:?}"
+    );
+
+    // What it cannot do is refused, not ignored.
+    for params in [
+        vec![("vmid", "100"), ("compress", "lzo")],
+        vec![("all", "1")],
+        vec![("vmid", "100"), ("dumpdir", "/tmp")],
+        vec![("vmid", "999")],
+        vec![("vmid", "100"), ("storage", "nope")],
+    ] {
+        let r = api.post("/nodes/n1/vzdump", &params);
+        assert_eq!(r.status, 400, "{params:?}: {:?}", r.body);
+    }
+    let r = api.post(
+        "/nodes/n1/qemu",
+        &[("vmid", "102"), ("archive", &volid), ("memory", "256")],
+    );
+    assert_eq!(r.status, 400, "{:?}", r.body);
+
+    // A damaged archive fails its restore and leaves nothing behind.
+    let dump = agent.data_dir().join("storage/local/dump");
+    let bad = dump.join("vzdump-qemu-100-2020_01_01-00_00_00.tar");
+    std::fs::write(&bad, b"not a tar").unwrap();
+    let upid = api
+        .post(
+            "/nodes/n1/qemu",
+            &[
+                ("vmid", "103"),
+                (
+                    "archive",
+                    "local:backup/vzdump-qemu-100-2020_01_01-00_00_00.tar",
+                ),
+            ],
+        )
+        .ok();
+    let st = api.wait_task("n1", upid.as_str().unwrap(), Duration::from_secs(60));
+    assert_ne!(st["exitstatus"], "OK");
+    assert_ne!(api.get("/nodes/n1/qemu/103/config", &[]).status, 200);
+    assert!(!images.join("103").exists());
+}
