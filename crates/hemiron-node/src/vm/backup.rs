@@ -194,6 +194,9 @@ impl Archive {
             .get(file)
             .copied()
             .ok_or_else(|| VmError::Refused(format!("archive has no {file}")))?;
+        // QEMU's raw driver takes whole sectors; tar pads every member to 512 bytes with
+        // zeros, which the image does not read.
+        let size = size.div_ceil(512) * 512;
         let spec = json!({
             "driver": "qcow2",
             "file": {
@@ -424,6 +427,11 @@ impl VmManager {
                     .raw("transaction", Some(json!({ "actions": actions })))
                     .await?;
             }
+            // The backup's instant: what the guest writes from here on is not in it.
+            log.log(format!(
+                "backup jobs started for {} disk(s); the guest runs on",
+                jobs.len()
+            ));
             for job in &jobs {
                 wait_job(owner, job, log).await?;
             }

@@ -1,0 +1,139 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! A backup of a running VM is point-in-time: a marker the guest writes while a throttled
+//! backup runs is not in it; the VM, deleted and restored, boots with its config and the
+//! data of the backup's instant. Named `vm_*` so nextest runs it alone.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{create_vm, forward, guest_run, wait_for, wait_guest, Agent};
+
+/// 60 MiB into the data disk, in 512-byte sectors: well past what the backup copies in its
+/// first seconds at 8 MiB/s.
+const SECTOR: u32 = 60 * 2048;
+
+fn write_marker(web: &str, marker: &str) {
+    let out = guest_run(
+        web,
+        &format!(
+            "printf '{marker}' | dd of=/dev/vda bs=512 seek={SECTOR} count=1 conv=sync oflag=direct 2>&1; sync"
+        ),
+    )
+    .unwrap();
+    assert!(out.contains("1+0 records out"), "{out}");
+}
+
+fn read_marker(web: &str) -> String {
+    guest_run(
+        web,
+        &format!(
+            "dd if=/dev/vda bs=512 skip={SECTOR} count=1 iflag=direct 2>/dev/null | tr -d '\\000'"
+        ),
+    )
+    .unwrap()
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn vm_backup_of_a_running_vm_is_point_in_time_and_restores() {
+    let agent = Agent::start();
+    let api = agent.api();
+    let disk = format!("local:0,import-from={}", common::guest_image().display());
+    create_vm(
+        &api,
+        "n1",
+        180,
+        &[("scsi0", &disk), ("virtio1", "local:0.125")],
+    );
+    // 64 MiB of data on the data disk, so that a throttled copy takes a while.
+    let data = agent
+        .data_dir()
+        .join("storage/local/images/180/vm-180-disk-1.qcow2");
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x61 0 64M"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    api.task_ok("n1", "POST", "/nodes/n1/qemu/180/status/start", &[]);
+    let web = forward(&api, "n1", 180, 80);
+    wait_guest(&web);
+    write_marker(&web, "MARK-1");
+
+    let upid = api
+        .post(
+            "/nodes/n1/vzdump",
+            &[
+                ("vmid", "180"),
+                ("storage", "local"),
+                ("mode", "snapshot"),
+                ("compress", "zstd"),
+                ("bwlimit", "8192"),
+            ],
+        )
+        .ok();
+    let upid = upid.as_str().unwrap().to_string();
+    // The guest writes once the copy has begun (the log says when that instant was).
+    wait_for("the backup jobs to start", Duration::from_secs(60), || {
+        let log = api
+            .get(&format!("/nodes/n1/tasks/{upid}/log"), &[("limit", "1000")])
+            .ok();
+        log.to_string()
+            .contains("backup jobs started")
+            .then_some(())
+    });
+    write_marker(&web, "MARK-2");
+    let st = api.get(&format!("/nodes/n1/tasks/{upid}/status"), &[]).ok();
+    assert_eq!(
+        st["status"], "running",
+        "the backup ended before the guest wrote; the test proves nothing: {st}"
+    );
+    let st = api.wait_task("n1", &upid, Duration::from_secs(300));
+    assert_eq!(st["exitstatus"], "OK", "{st}");
+    assert_eq!(
+        read_marker(&web),
+        "MARK-2",
+        "the live disk keeps the new write"
+    );
+    let config = api.get("/nodes/n1/qemu/180/config", &[]).ok();
+    let backups = api
+        .get(
+            "/nodes/n1/storage/local/content",
+            &[("content", "backup"), ("vmid", "180")],
+        )
+        .ok();
+    let volid = backups[0]["volid"].as_str().unwrap().to_string();
+
+    // Deleted, restored, booted: the config as it was and the data of the backup's instant.
+    api.task_ok("n1", "POST", "/nodes/n1/qemu/180/status/stop", &[]);
+    api.task_ok("n1", "DELETE", "/nodes/n1/qemu/180", &[("purge", "1")]);
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/qemu",
+        &[("vmid", "180"), ("archive", &volid), ("start", "1")],
+    );
+    let restored = api.get("/nodes/n1/qemu/180/config", &[]).ok();
+    for key in ["name", "memory", "net0", "scsi0", "virtio1", "smbios1"] {
+        assert_eq!(restored[key], config[key], "{key}");
+    }
+    let web = forward(&api, "n1", 180, 80);
+    wait_guest(&web);
+    wait_for(
+        "the restored guest to read its disk",
+        Duration::from_secs(30),
+        || {
+            let m = read_marker(&web);
+            (!m.is_empty()).then_some(())
+        },
+    );
+    assert_eq!(read_marker(&web), "MARK-1", "the backup is point-in-time");
+    api.task_ok("n1", "POST", "/nodes/n1/qemu/180/status/stop", &[]);
+}
