@@ -184,6 +184,36 @@ fn backups_restore_prune_and_refuse_what_they_cannot_do() {
         "the oldest unprotected backup was pruned: {list:?}"
     );
 
+    // The config inside an archive; notes, protection and deletion as volumes.
+    let first = of100.iter().find(|b| b["protected"] != 1).unwrap()["volid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let protected = of100.iter().find(|b| b["protected"] == 1).unwrap()["volid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = api
+        .get("/nodes/n1/vzdump/extractconfig", &[("volume", &first)])
+        .ok();
+    assert!(text.as_str().unwrap().contains("name: web"), "{text}");
+    let enc = |v: &str| v.replace(':', "%3A").replace('/', "%2F");
+    let path = |v: &str| format!("/nodes/n1/storage/local/content/{}", enc(v));
+    api.put(&path(&first), &[("notes", "before the upgrade")])
+        .ok();
+    assert_eq!(
+        api.get(&path(&first), &[]).ok()["notes"],
+        "before the upgrade"
+    );
+    let refused = api.delete(&path(&protected), &[]);
+    assert_eq!(refused.status, 500, "{:?}", refused.body);
+    api.put(&path(&protected), &[("protected", "0")]).ok();
+    api.delete(&path(&protected), &[]).ok();
+    assert_eq!(backups(&api).iter().filter(|b| b["vmid"] == 100).count(), 1);
+    let in_use = api.delete(&path("local:100/vm-100-disk-0.qcow2"), &[]);
+    assert_eq!(in_use.status, 500, "{:?}", in_use.body);
+    assert!(disk0.exists());
+
     // What it cannot do is refused, not ignored.
     for params in [
         vec![("vmid", "100"), ("compress", "lzo")],

@@ -97,6 +97,16 @@ pub fn router(node: Arc<Node>) -> Router {
             "/nodes/{node}/storage/{storage}/content",
             get(storage::content),
         )
+        .route(
+            "/nodes/{node}/storage/{storage}/content/{volume}",
+            get(storage::volume_get)
+                .put(storage::volume_put)
+                .delete(storage::volume_delete),
+        )
+        .route(
+            "/nodes/{node}/vzdump/extractconfig",
+            get(storage::extractconfig),
+        )
         .route("/nodes/{node}/qemu", get(qemu::list).post(qemu::create))
         .route("/nodes/{node}/vzdump", post(backup::vzdump))
         .route(

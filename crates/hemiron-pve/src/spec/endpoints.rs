@@ -356,6 +356,22 @@ static STORAGE_CONTENT: &[P] = &[
     VMID.optional(),
 ];
 
+/// `/nodes/{node}/storage/{storage}/content/{volume}` (the path's storage is optional: the
+/// volume may name it).
+static STORAGE_VOLUME: &[P] = &[
+    P::string("storage").optional().named(F::PveStorageId),
+    P::string("volume"),
+];
+
+static STORAGE_VOLUME_DELETE: &[P] = &[P::integer("delay").optional().min(1).max(30)];
+
+static STORAGE_VOLUME_PUT: &[P] = &[
+    P::string("notes").optional(),
+    P::boolean("protected").optional(),
+];
+
+static VZDUMP_EXTRACTCONFIG: &[P] = &[P::string("volume")];
+
 static TEMPLATE: &[P] = &[P::string("disk").optional().enums(DRIVE_NAMES)];
 
 static CLONE: &[P] = &[
@@ -472,6 +488,26 @@ pub static ENDPOINTS: &[EndpointSpec] = &[
         "GET",
         "/nodes/{node}/storage/{storage}/content",
         &[NODE_ONLY, STORAGE_CONTENT],
+    ),
+    ep(
+        "GET",
+        "/nodes/{node}/storage/{storage}/content/{volume}",
+        &[NODE_ONLY, STORAGE_VOLUME],
+    ),
+    ep(
+        "PUT",
+        "/nodes/{node}/storage/{storage}/content/{volume}",
+        &[NODE_ONLY, STORAGE_VOLUME, STORAGE_VOLUME_PUT],
+    ),
+    ep(
+        "DELETE",
+        "/nodes/{node}/storage/{storage}/content/{volume}",
+        &[NODE_ONLY, STORAGE_VOLUME, STORAGE_VOLUME_DELETE],
+    ),
+    ep(
+        "GET",
+        "/nodes/{node}/vzdump/extractconfig",
+        &[NODE_ONLY, VZDUMP_EXTRACTCONFIG],
     ),
     ep("POST", vm!("/template"), &[NODE_VMID, TEMPLATE]),
     ep("POST", vm!("/clone"), &[NODE_VMID, CLONE]),
