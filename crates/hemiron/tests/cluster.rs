@@ -272,6 +272,27 @@ fn two_nodes_answer_for_the_whole_cluster_and_forward_calls() {
     assert_eq!(info["virtual-size"], 1u64 << 30, "{info}");
     assert!(info["snapshots"].is_null(), "{info}");
 
+    // Where VMs may move: VM 120's disk is on the shared storage (nothing local), VM 130's
+    // on n2's own; n1 has both storages.
+    let check = a1.get("/nodes/n2/qemu/120/migrate", &[]).ok();
+    assert_eq!(check["running"], false);
+    assert_eq!(check["allowed_nodes"], serde_json::json!(["n1"]), "{check}");
+    assert_eq!(check["local_disks"], serde_json::json!([]), "{check}");
+    a1.task_ok(
+        "n2",
+        "POST",
+        "/nodes/n2/qemu",
+        &[("vmid", "130"), ("memory", "128"), ("scsi0", "local:1")],
+    );
+    let check = a1
+        .get("/nodes/n2/qemu/130/migrate", &[("target", "n1")])
+        .ok();
+    let local = check["local_disks"].as_array().unwrap();
+    assert_eq!(local.len(), 1, "{check}");
+    assert_eq!(local[0]["volid"], "local:130/vm-130-disk-0.qcow2");
+    assert_eq!(local[0]["size"], 1u64 << 30);
+    assert_eq!(local[0]["is_unused"], false);
+
     // A peer's errors come back as it gave them, reason phrase included.
     let direct = a2.reason_phrase("GET", "/nodes/n2/qemu/999/config", &[]);
     let forwarded = a1.reason_phrase("GET", "/nodes/n2/qemu/999/config", &[]);

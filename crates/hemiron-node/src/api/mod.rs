@@ -8,6 +8,7 @@ mod access;
 mod backup;
 mod clone;
 mod cluster;
+mod migrate;
 pub mod nodes;
 mod observe;
 mod qemu;
@@ -147,6 +148,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/nodes/{node}/qemu/{vmid}/resize", put(qemu::resize))
         .route("/nodes/{node}/qemu/{vmid}/template", post(clone::template))
         .route("/nodes/{node}/qemu/{vmid}/clone", post(clone::clone))
+        .route("/nodes/{node}/qemu/{vmid}/migrate", get(migrate::check))
         .route(
             "/nodes/{node}/qemu/{vmid}/cloudinit",
             get(clone::cloudinit_get).put(clone::cloudinit_put),

@@ -372,6 +372,8 @@ static STORAGE_VOLUME_PUT: &[P] = &[
 
 static VZDUMP_EXTRACTCONFIG: &[P] = &[P::string("volume")];
 
+static MIGRATE_CHECK: &[P] = &[P::string("target").optional().named(F::PveNode)];
+
 static TEMPLATE: &[P] = &[P::string("disk").optional().enums(DRIVE_NAMES)];
 
 static CLONE: &[P] = &[
@@ -511,6 +513,7 @@ pub static ENDPOINTS: &[EndpointSpec] = &[
     ),
     ep("POST", vm!("/template"), &[NODE_VMID, TEMPLATE]),
     ep("POST", vm!("/clone"), &[NODE_VMID, CLONE]),
+    ep("GET", vm!("/migrate"), &[NODE_VMID, MIGRATE_CHECK]),
     ep("GET", vm!("/snapshot"), &[NODE_VMID]),
     ep("POST", vm!("/snapshot"), &[NODE_VMID, SNAPSHOT_CREATE]),
     ep(
