@@ -301,6 +301,31 @@ fn two_nodes_answer_for_the_whole_cluster_and_forward_calls() {
     let bad = a1.post("/nodes/n2/qemu", &[("vmid", "abc")]);
     assert_eq!(bad.status, 400);
     assert!(bad.body["errors"]["vmid"].is_string(), "{:?}", bad.body);
+    // Dot segments are not passed on (the peer's client would resolve them), and a path that
+    // only ends like the login path needs credentials.
+    let curl = |auth: bool, path: &str| {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--path-as-is",
+        ]);
+        if auth {
+            cmd.args([
+                "-H",
+                &format!("Authorization: PVEAPIToken=root@pam!test={}", n1.token),
+            ]);
+        }
+        let out = cmd.arg(format!("{}{path}", n1.url)).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(curl(true, "/nodes/n2/../../version"), "400");
+    assert_eq!(curl(true, "/nodes/n2/%2e%2e/n1/qemu"), "400");
+    assert_eq!(curl(false, "/nodes/n2/../../access/ticket"), "401");
+
     // A node the cluster does not name.
     assert_ne!(a1.get("/nodes/n3/qemu", &[]).status, 200);
 

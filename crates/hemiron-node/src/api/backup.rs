@@ -115,6 +115,10 @@ pub async fn vzdump(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
         // `remove=0` keeps everything whatever the retention says.
         prune: prune.filter(|_| p.bool("remove").unwrap_or(true)),
         node: node.name.clone(),
+        // Minutes, as Proxmox counts them.
+        stopwait: std::time::Duration::from_secs(
+            u64::try_from(p.int("stopwait").unwrap_or(10)).unwrap_or(10) * 60,
+        ),
     };
     let vms = node.vms.clone();
     let id = if vmids.len() == 1 {
@@ -162,10 +166,6 @@ pub async fn restore(
     if !matches!(volid.kind(), hemiron_pve::volume::VolumeKind::Backup(_)) {
         return Err(ApiError::param("archive", "not a backup archive volume"));
     }
-    node.vms
-        .storage()
-        .existing_path(&volid)
-        .map_err(|e| ApiError::param("archive", e.to_string()))?;
     let storage = p.str("storage").map(str::to_string);
     if let Some(s) = &storage {
         node.vms
@@ -173,6 +173,22 @@ pub async fn restore(
             .pool(s)
             .map_err(|e| ApiError::param("storage", e.to_string()))?;
     }
+    if p.contains("bwlimit") {
+        return Err(ApiError::param(
+            "bwlimit",
+            "not supported for restores here",
+        ));
+    }
+    let path = node
+        .vms
+        .storage()
+        .existing_path(&volid)
+        .map_err(|e| ApiError::param("archive", e.to_string()))?;
+    // Read before anything changes: a bad archive refuses the call and touches no VM.
+    let archive = tokio::task::spawn_blocking(move || crate::vm::backup::Archive::open(&path))
+        .await
+        .map_err(|e| ApiError::runtime(e.to_string()))?
+        .map_err(|e| ApiError::param("archive", crate::error_chain(&e)))?;
     let force = p.bool("force").unwrap_or(false);
     let unique = p.bool("unique").unwrap_or(false);
     let replace = node.vms.exists(vmid);
@@ -202,15 +218,13 @@ pub async fn restore(
         &vmid.to_string(),
         &user(call),
         move |ctx| async move {
-            if replace {
-                ctx.log(format!("removing VM {vmid} before restoring over it"));
-                vms.destroy(vmid, false, true, &ctx).await?;
-            }
-            if let Err(e) = vms
-                .restore(vmid, &archive, storage.as_deref(), unique, &ctx)
-                .await
-            {
-                let _ = vms.store.remove(vmid);
+            let restored = vms
+                .restore(vmid, &archive, storage.as_deref(), unique, replace, &ctx)
+                .await;
+            if let Err(e) = restored {
+                if !replace {
+                    let _ = vms.store.remove(vmid);
+                }
                 return Err(e.into());
             }
             if start {

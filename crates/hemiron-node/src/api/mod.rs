@@ -234,7 +234,10 @@ fn cookie_value<'a>(cookies: &'a str, name: &str) -> Option<&'a str> {
 
 /// Authenticates every call but `/access/ticket`, which is how one logs in.
 async fn authenticate(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
-    if req.uri().path().ends_with("/access/ticket") {
+    // Exactly the login path (inside the nested API router, or with its prefix): a path
+    // that merely ends like it (`/nodes/x/../access/ticket`) is not exempt.
+    let path = req.uri().path();
+    if path == "/access/ticket" || path == format!("{PREFIX}/access/ticket") {
         return next.run(req).await;
     }
     let headers = req.headers();
@@ -293,6 +296,16 @@ async fn proxyto(State(node): State<Arc<Node>>, req: Request, next: Next) -> Res
     let Some(peer) = cluster.peer(target) else {
         return next.run(req).await;
     };
+    // The peer's HTTP client would resolve dot segments: a call for one node must not
+    // reach any other path there.
+    let dotted = rest.split('/').any(|seg| {
+        let lower = seg.to_ascii_lowercase().replace("%2e", ".");
+        lower == "." || lower == ".."
+    });
+    if dotted {
+        return ApiError::BadRequest("path segments '.' and '..' are not allowed".into())
+            .into_response();
+    }
     if let Some(by) = req.headers().get(crate::cluster::FORWARDED_BY_HEADER) {
         // Two nodes whose files disagree would pass the call back and forth.
         return ApiError::runtime(format!(

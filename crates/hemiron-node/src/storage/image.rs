@@ -207,14 +207,19 @@ impl Storage {
     pub async fn convert_to_qcow2(
         &self,
         source: &str,
+        source_format: ImageFormat,
         target: &Path,
         compression: Option<&str>,
         rate: Option<u64>,
     ) -> Result<(), StorageError> {
         let target = target.to_string_lossy().into_owned();
+        // The source's format is given, never probed: a guest may write any header into a
+        // raw disk.
         let mut args = vec![
             "convert".to_string(),
             "-U".into(),
+            "-f".into(),
+            source_format.as_str().into(),
             "-O".into(),
             "qcow2".into(),
         ];
@@ -227,6 +232,16 @@ impl Storage {
         args.extend([source.to_string(), target]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         qemu_img("convert", &args).await.map(|_| ())
+    }
+
+    /// `qemu-img info` of what QEMU can open (a path or a `json:` spec), as QEMU reports it.
+    pub async fn info_json(&self, source: &str) -> Result<serde_json::Value, StorageError> {
+        let out = qemu_img("info", &["info", "-U", "--output=json", source]).await?;
+        serde_json::from_slice(&out).map_err(|e| {
+            StorageError::ImportSourceMissing(format!(
+                "{source} (unreadable image information: {e})"
+            ))
+        })
     }
 
     /// A new, empty qcow2 file of `size` bytes whose compressed clusters use

@@ -197,7 +197,12 @@ impl BackupName {
         let vmid: u32 = vmid.parse().ok()?;
         let stamp = rest.get(..19)?;
         let ext = rest.get(19..)?;
-        if !ext.starts_with('.') || ext.ends_with(".notes") || ext.ends_with(".protected") {
+        // Archives only (Proxmox's names for them), not their `.log`, `.notes` or
+        // `.protected` companions.
+        const ARCHIVES: [&str; 8] = [
+            ".tar", ".tar.gz", ".tar.lzo", ".tar.zst", ".vma", ".vma.gz", ".vma.lzo", ".vma.zst",
+        ];
+        if !ARCHIVES.contains(&ext) {
             return None;
         }
         let num = |a: usize, b: usize| stamp.get(a..b)?.parse::<u16>().ok();
@@ -539,6 +544,7 @@ mod tests {
             "vzdump-lxc-100-2026_12_06-01_11_55.tar",
             "vzdump-qemu-x-2026_12_06-01_11_55.tar",
             "vzdump-qemu-100-2026_12_06-01_11_55",
+            "vzdump-qemu-100-2026_12_06-01_11_55.log",
         ] {
             assert_eq!(BackupName::parse(other), None, "{other}");
         }

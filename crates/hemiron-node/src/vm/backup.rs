@@ -44,14 +44,15 @@ pub enum Compress {
 }
 
 impl Compress {
-    /// vzdump's `compress`: `0`, `1`/`gzip` (zlib), `zstd`; `lzo` has no qcow2 form.
+    /// vzdump's `compress`: `0`, `gzip` (zlib), `zstd`; `lzo` (also what `1` means to
+    /// Proxmox) has no qcow2 form.
     pub fn parse(value: &str) -> Result<Compress, String> {
         match value {
             "0" => Ok(Compress::None),
-            "1" | "gzip" => Ok(Compress::Zlib),
+            "gzip" => Ok(Compress::Zlib),
             "zstd" => Ok(Compress::Zstd),
             other => Err(format!(
-                "compression '{other}' is not supported here (use 0, 1, gzip or zstd)"
+                "compression '{other}' (lzo) is not supported here (use 0, gzip or zstd)"
             )),
         }
     }
@@ -87,6 +88,8 @@ pub struct BackupRequest {
     pub prune: Option<PruneOptions>,
     /// The node's name, for the notes template.
     pub node: String,
+    /// How long a stop-mode backup waits for the guest to shut down.
+    pub stopwait: Duration,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -132,7 +135,9 @@ fn members(path: &Path) -> Result<BTreeMap<String, (u64, u64)>, VmError> {
     let file = std::fs::File::open(path).map_err(bad)?;
     let mut archive = tar::Archive::new(file);
     let mut out = BTreeMap::new();
-    for entry in archive.entries().map_err(bad)? {
+    // Seeking past the disks instead of reading them: an archive of many gigabytes opens
+    // in a few reads.
+    for entry in archive.entries_with_seek().map_err(bad)? {
         let entry = entry.map_err(bad)?;
         let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
         out.insert(name, (entry.raw_file_position(), entry.size()));
@@ -153,7 +158,7 @@ fn read_member(path: &Path, at: (u64, u64)) -> Result<Vec<u8>, VmError> {
 
 /// What a restore needs from an archive.
 pub struct Archive {
-    path: PathBuf,
+    pub path: PathBuf,
     index: Index,
     pub conf: VmConfig,
     members: BTreeMap<String, (u64, u64)>,
@@ -237,7 +242,7 @@ impl VmManager {
                 vmid,
                 StopOptions {
                     skiplock: false,
-                    timeout: Duration::from_secs(180),
+                    timeout: req.stopwait,
                     force_stop: true,
                 },
                 log,
@@ -317,26 +322,21 @@ impl VmManager {
                         .create_qcow2(path, d.size, req.compress.qcow2_type())
                         .await?;
                 }
-                let owner = &run.owner;
-                let paused = req.mode == Mode::Suspend;
-                if paused {
-                    owner.pause().await?;
-                }
-                let copied = self
-                    .live_backup(owner, &disks, &files, req.compress, rate, log)
-                    .await;
-                if paused {
-                    let _ = owner.resume().await;
-                }
-                copied?;
+                // Suspend mode pauses a running guest while the jobs start (a guest paused
+                // already stays paused).
+                let suspend = req.mode == Mode::Suspend && run.owner.info().qmpstatus != "paused";
+                self.live_backup(&run.owner, &disks, &files, req.compress, rate, suspend, log)
+                    .await?;
             }
             None => {
                 for ((_, volid, _), path) in disks.iter().zip(&files) {
                     let src = self.storage().existing_path(volid)?;
+                    let format = crate::storage::volume_format(volid).unwrap_or(ImageFormat::Raw);
                     log.log(format!("copying {volid}"));
                     self.storage()
                         .convert_to_qcow2(
                             &src.to_string_lossy(),
+                            format,
                             path,
                             req.compress.qcow2_type(),
                             rate,
@@ -350,13 +350,20 @@ impl VmManager {
         let index_json = serde_json::to_vec_pretty(&index)
             .map_err(|e| VmError::Refused(format!("index not written: {e}")))?;
         let tmp = scratch.0.join("archive.tar");
-        write_archive(
-            &tmp,
-            &index_json,
-            conf_text.as_bytes(),
-            &index.disks,
-            &files,
-        )
+        let (tmp2, members) = (
+            tmp.clone(),
+            index
+                .disks
+                .iter()
+                .map(|d| d.file.clone())
+                .collect::<Vec<_>>(),
+        );
+        let conf_bytes = conf_text.into_bytes();
+        tokio::task::spawn_blocking(move || {
+            write_archive(&tmp2, &index_json, &conf_bytes, &members, &files)
+        })
+        .await
+        .map_err(|e| VmError::Refused(format!("archive not written: {e}")))?
         .map_err(|e| VmError::Refused(format!("archive not written: {e}")))?;
         let target = dump.join(&name);
         std::fs::rename(&tmp, &target)
@@ -364,18 +371,17 @@ impl VmManager {
         if let Ok(d) = std::fs::File::open(dump) {
             let _ = d.sync_all();
         }
+        // Protection first: the prune that follows must see it.
+        let sidecar = |ext: &str, data: &[u8]| {
+            crate::fsutil::write_atomic(&dump.join(format!("{name}.{ext}")), data, 0o644)
+                .map_err(|e| VmError::Refused(format!("{name}.{ext} not written: {e}")))
+        };
+        if req.protected {
+            sidecar("protected", b"")?;
+        }
         if let Some(t) = &req.notes_template {
             let guest = saved.get("name").unwrap_or_default().to_string();
-            let notes = render_notes(t, &guest, vmid, &req.node);
-            let _ = crate::fsutil::write_atomic(
-                &dump.join(format!("{name}.notes")),
-                notes.as_bytes(),
-                0o644,
-            );
-        }
-        if req.protected {
-            let _ =
-                crate::fsutil::write_atomic(&dump.join(format!("{name}.protected")), b"", 0o644);
+            sidecar("notes", render_notes(t, &guest, vmid, &req.node).as_bytes())?;
         }
         let size = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
         log.log(format!("archive '{name}' written: {size} bytes"));
@@ -384,6 +390,7 @@ impl VmManager {
 
     /// Copies a running VM's disks at one instant: every `blockdev-backup` starts in one
     /// QMP transaction.
+    #[allow(clippy::too_many_arguments)]
     async fn live_backup(
         &self,
         owner: &super::owner::OwnerHandle,
@@ -391,6 +398,7 @@ impl VmManager {
         files: &[PathBuf],
         compress: Compress,
         rate: Option<u64>,
+        suspend: bool,
         log: &TaskContext,
     ) -> Result<(), VmError> {
         let tag = rand::random::<u32>();
@@ -422,11 +430,22 @@ impl VmManager {
                 actions.push(json!({ "type": "blockdev-backup", "data": data }));
                 jobs.push(job);
             }
-            if !actions.is_empty() {
+            if suspend {
+                owner.pause().await?;
+            }
+            let started = if actions.is_empty() {
+                Ok(json!({}))
+            } else {
                 owner
                     .raw("transaction", Some(json!({ "actions": actions })))
-                    .await?;
+                    .await
+            };
+            if suspend {
+                if let Err(e) = owner.resume().await {
+                    log.log(format!("WARNING: the guest could not be resumed: {e}"));
+                }
             }
+            started?;
             // The backup's instant: what the guest writes from here on is not in it.
             log.log(format!(
                 "backup jobs started for {} disk(s); the guest runs on",
@@ -438,6 +457,20 @@ impl VmManager {
             Ok::<(), VmError>(())
         }
         .await;
+        if result.is_err() {
+            // Jobs still copying into files that are about to go: cancelled first.
+            for job in &jobs {
+                let _ = owner
+                    .raw(
+                        "block-job-cancel",
+                        Some(json!({ "device": job, "force": true })),
+                    )
+                    .await;
+            }
+            for job in &jobs {
+                let _ = wait_job(owner, job, log).await;
+            }
+        }
         for job in &jobs {
             let _ = owner.raw("job-dismiss", Some(json!({ "id": job }))).await;
         }
@@ -490,43 +523,71 @@ impl VmManager {
         Ok(())
     }
 
-    /// The `qmrestore` task: a VM `vmid` made from `archive` (already reserved here, or,
-    /// with `force`, replacing the stopped VM of that id). Disks go to `storage`, or where
-    /// they were when that storage exists here. A VM restored under another VMID gets new
-    /// MAC addresses and a new SMBIOS UUID and VM generation ID (its own cloud-init identity).
+    /// The `qmrestore` task: VM `vmid` made from `archive` (reserved here beforehand), or,
+    /// with `replace`, the stopped VM of that id replaced — its old disks are freed only
+    /// once the new config is written. Disks go to `storage`, or where they were when that
+    /// storage exists here. A VM restored under another VMID (or with `unique`) gets new
+    /// MAC addresses and SMBIOS UUID; the VM generation ID is always renewed.
     pub async fn restore(
         &self,
         vmid: u32,
-        archive_volid: &str,
+        archive: &Archive,
         storage: Option<&str>,
         unique: bool,
+        replace: bool,
         log: &TaskContext,
     ) -> Result<(), VmError> {
-        let volid = parse_volid(archive_volid)?;
-        let path = self.storage().existing_path(&volid)?;
-        let archive = Archive::open(&path)?;
         let _guard = self.lock(vmid).await?;
-        let new_identity = unique || archive.index.vmid != vmid;
+        let old = if replace {
+            if self.running(vmid).is_some() {
+                return Err(VmError::Refused(format!(
+                    "VM {vmid} is running; stop it before restoring over it"
+                )));
+            }
+            Some(self.store.load(vmid)?.conf)
+        } else {
+            None
+        };
+        let from = archive.index.vmid;
         log.log(format!(
-            "restoring VM {vmid} from '{archive_volid}' (backup of VM {} taken at {})",
-            archive.index.vmid, archive.index.ctime
+            "restoring VM {vmid} from '{}' (backup of VM {from} taken at {})",
+            archive.path.display(),
+            archive.index.ctime
         ));
         let mut conf = archive.conf.clone();
+        // What the archive does not hold is not referenced: unused disks, the snapshot parent.
+        conf.main
+            .props
+            .retain(|k, _| !k.starts_with("unused") && k != "parent" && k != "lock");
         let mut made: Vec<VolumeId> = Vec::new();
         let result = async {
             for d in &archive.index.disks {
-                let old = parse_volid(&d.volid)?;
+                let old_vol = parse_volid(&d.volid)?;
                 let target = match storage {
                     Some(s) => s.to_string(),
-                    None if self.storage().pool(&old.storage).is_ok() => old.storage.clone(),
+                    None if self.storage().pool(&old_vol.storage).is_ok() => {
+                        old_vol.storage.clone()
+                    }
                     None => "local".to_string(),
                 };
-                let format = crate::storage::volume_format(&old).unwrap_or(ImageFormat::Qcow2);
+                let format = crate::storage::volume_format(&old_vol).unwrap_or(ImageFormat::Qcow2);
+                let spec = archive.disk_spec(&d.file)?;
+                // Only a plain image: no backing or external data file that would pull
+                // other files of this host into the VM.
+                let info = self.storage().info_json(&spec).await?;
+                if info.get("backing-filename").is_some()
+                    || info["format-specific"]["data"].get("data-file").is_some()
+                    || info["format"] != "qcow2"
+                {
+                    return Err(VmError::Refused(format!(
+                        "archive disk {} is not a plain qcow2 image",
+                        d.file
+                    )));
+                }
                 log.log(format!(
                     "restoring disk {} ({}) to storage '{target}'",
                     d.key, d.volid
                 ));
-                let spec = archive.disk_spec(&d.file)?;
                 let new = self
                     .storage()
                     .import_spec(&target, vmid, &spec, format)
@@ -547,11 +608,42 @@ impl VmManager {
             }
             return Err(e);
         }
-        if new_identity {
-            renew_identity(&mut conf);
+        if from != vmid {
+            // The cloud-init drive is made anew at start, as this VM's own volume.
+            for value in conf.main.props.values_mut() {
+                if value.contains(&format!("vm-{from}-cloudinit")) {
+                    *value = value
+                        .replace(
+                            &format!("{from}/vm-{from}-cloudinit"),
+                            &format!("{vmid}/vm-{vmid}-cloudinit"),
+                        )
+                        .replace(
+                            &format!("vm-{from}-cloudinit"),
+                            &format!("vm-{vmid}-cloudinit"),
+                        );
+                }
+            }
         }
-        conf.main.props.remove("lock");
-        self.store.write(vmid, &conf)?;
+        renew_identity(&mut conf, unique || from != vmid);
+        if let Err(e) = self.store.write(vmid, &conf) {
+            for v in &made {
+                let _ = self.storage().free(v);
+            }
+            return Err(e);
+        }
+        if let Some(old) = old {
+            let keep = super::update::referenced_volumes(&conf);
+            let owned: Vec<String> = super::update::referenced_volumes(&old)
+                .into_iter()
+                .filter(|v| !keep.contains(v))
+                .filter(|v| {
+                    parse_volid(v).is_ok_and(|p| {
+                        matches!(p.kind(), hemiron_pve::volume::VolumeKind::Image { vmid: o, .. } if o == vmid)
+                    })
+                })
+                .collect();
+            self.free_unneeded(vmid, owned, Some(log))?;
+        }
         if conf.main.props.contains_key("net0") {
             self.forwards.ensure(vmid)?;
         }
@@ -560,15 +652,16 @@ impl VmManager {
     }
 }
 
-/// New MAC addresses, SMBIOS UUID and VM generation ID for a copy that runs beside the
-/// original (cloud-init keys its instance on the UUID).
-fn renew_identity(conf: &mut VmConfig) {
+/// A new VM generation ID (the guest learns it was restored), and with `copy` new MAC
+/// addresses and SMBIOS UUID, for a copy that runs beside the original (cloud-init keys its
+/// instance on the UUID).
+fn renew_identity(conf: &mut VmConfig, copy: bool) {
     let keys: Vec<String> = conf.main.props.keys().cloned().collect();
     for key in keys {
         let Some(value) = conf.main.props.get(&key).cloned() else {
             continue;
         };
-        if key.starts_with("net") && key[3..].chars().all(|c| c.is_ascii_digit()) {
+        if copy && key.starts_with("net") && key[3..].chars().all(|c| c.is_ascii_digit()) {
             let renewed: Vec<String> = value
                 .split(',')
                 .map(|part| match part.split_once('=') {
@@ -579,7 +672,7 @@ fn renew_identity(conf: &mut VmConfig) {
                 })
                 .collect();
             conf.main.props.insert(key, renewed.join(","));
-        } else if key == "smbios1" {
+        } else if copy && key == "smbios1" {
             let renewed: Vec<String> = value
                 .split(',')
                 .map(|part| {
@@ -604,7 +697,7 @@ fn write_archive(
     path: &Path,
     index: &[u8],
     conf: &[u8],
-    disks: &[IndexDisk],
+    members: &[String],
     files: &[PathBuf],
 ) -> std::io::Result<()> {
     let file = std::fs::File::create(path)?;
@@ -621,8 +714,8 @@ fn write_archive(
     };
     small("index.json", index)?;
     small("qemu-server.conf", conf)?;
-    for (d, f) in disks.iter().zip(files) {
-        tar.append_path_with_name(f, &d.file)?;
+    for (name, f) in members.iter().zip(files) {
+        tar.append_path_with_name(f, name)?;
     }
     let mut out = tar.into_inner()?;
     out.flush()?;
@@ -638,7 +731,7 @@ mod tests {
     fn compress_options() {
         assert_eq!(Compress::parse("0"), Ok(Compress::None));
         assert_eq!(Compress::parse("gzip"), Ok(Compress::Zlib));
-        assert_eq!(Compress::parse("1"), Ok(Compress::Zlib));
+        assert!(Compress::parse("1").is_err());
         assert_eq!(Compress::parse("zstd"), Ok(Compress::Zstd));
         assert!(Compress::parse("lzo").is_err());
     }
@@ -662,7 +755,7 @@ mod tests {
             "net0: virtio=BC:24:11:00:00:01,bridge=vmbr0\nsmbios1: uuid=6b5f0c4e-0000-4000-8000-000000000001\nvmgenid: 11111111-2222-3333-4444-555555555555\nname: a\n",
         )
         .unwrap();
-        renew_identity(&mut conf);
+        renew_identity(&mut conf, true);
         let net = conf.get("net0").unwrap();
         assert!(net.starts_with("virtio=") && net.ends_with(",bridge=vmbr0"));
         assert!(!net.contains("BC:24:11:00:00:01"));
