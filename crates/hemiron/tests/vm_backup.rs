@@ -137,3 +137,86 @@ fn vm_backup_of_a_running_vm_is_point_in_time_and_restores() {
     assert_eq!(read_marker(&web), "MARK-1", "the backup is point-in-time");
     api.task_ok("n1", "POST", "/nodes/n1/qemu/180/status/stop", &[]);
 }
+
+/// Open files of a process that lie in `dir` (deleted ones included).
+fn open_files_in(pid: u32, dir: &std::path::Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().to_string();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.to_string_lossy().to_string())
+                .filter(|p| p.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn vm_a_stopped_backup_task_leaves_nothing_behind() {
+    let agent = Agent::start();
+    let api = agent.api();
+    let disk = format!("local:0,import-from={}", common::guest_image().display());
+    create_vm(
+        &api,
+        "n1",
+        181,
+        &[("scsi0", &disk), ("virtio1", "local:0.125")],
+    );
+    let data = agent
+        .data_dir()
+        .join("storage/local/images/181/vm-181-disk-1.qcow2");
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x61 0 64M"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    api.task_ok("n1", "POST", "/nodes/n1/qemu/181/status/start", &[]);
+    let web = forward(&api, "n1", 181, 80);
+    wait_guest(&web);
+    let upid = api
+        .post(
+            "/nodes/n1/vzdump",
+            &[("vmid", "181"), ("storage", "local"), ("bwlimit", "1024")],
+        )
+        .ok();
+    let upid = upid.as_str().unwrap().to_string();
+    wait_for("the backup jobs to start", Duration::from_secs(60), || {
+        let log = api
+            .get(&format!("/nodes/n1/tasks/{upid}/log"), &[("limit", "1000")])
+            .ok();
+        log.to_string()
+            .contains("backup jobs started")
+            .then_some(())
+    });
+    let dump = agent.data_dir().join("storage/local/dump");
+    let pid = agent.qemu_pids()[0];
+    assert!(
+        !open_files_in(pid, &dump).is_empty(),
+        "QEMU writes the backup"
+    );
+    api.delete(&format!("/nodes/n1/tasks/{upid}"), &[]).ok();
+    let st = api.wait_task("n1", &upid, Duration::from_secs(30));
+    assert_ne!(st["exitstatus"], "OK");
+    // The jobs are cancelled and their files closed; no scratch or archive is left.
+    wait_for(
+        "QEMU to let go of the backup files",
+        Duration::from_secs(30),
+        || open_files_in(pid, &dump).is_empty().then_some(()),
+    );
+    let left: Vec<_> = std::fs::read_dir(&dump).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The guest runs on, and the next backup works.
+    assert_eq!(
+        api.get("/nodes/n1/qemu/181/status/current", &[]).ok()["qmpstatus"],
+        "running"
+    );
+    api.task_ok(
+        "n1",
+        "POST",
+        "/nodes/n1/vzdump",
+        &[("vmid", "181"), ("storage", "local")],
+    );
+    api.task_ok("n1", "POST", "/nodes/n1/qemu/181/status/stop", &[]);
+}

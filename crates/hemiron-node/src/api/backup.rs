@@ -152,6 +152,22 @@ pub async fn vzdump(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
     Data::new(upid.to_string())
 }
 
+/// A VMID reserved for a restore (its `lock: create` config), given back when dropped while
+/// held.
+struct Reservation {
+    vms: Arc<crate::vm::VmManager>,
+    vmid: u32,
+    held: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.held {
+            let _ = self.vms.store.remove(self.vmid);
+        }
+    }
+}
+
 /// A restore: `vmid` made from `archive` (or, with `force`, replacing the stopped VM).
 pub async fn restore(
     node: &Arc<Node>,
@@ -218,15 +234,15 @@ pub async fn restore(
         &vmid.to_string(),
         &user(call),
         move |ctx| async move {
-            let restored = vms
-                .restore(vmid, &archive, storage.as_deref(), unique, replace, &ctx)
-                .await;
-            if let Err(e) = restored {
-                if !replace {
-                    let _ = vms.store.remove(vmid);
-                }
-                return Err(e.into());
-            }
+            // The reservation goes if the restore fails or its task is stopped.
+            let mut reservation = Reservation {
+                vms: vms.clone(),
+                vmid,
+                held: !replace,
+            };
+            vms.restore(vmid, &archive, storage.as_deref(), unique, replace, &ctx)
+                .await?;
+            reservation.held = false;
             if start {
                 vms.start(vmid, StartOptions::default(), &ctx).await?;
             }

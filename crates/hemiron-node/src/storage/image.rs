@@ -11,9 +11,11 @@ use super::{volume_format, ImageFormat, Storage, StorageError, VolumeId, VolumeK
 
 pub(super) async fn qemu_img(action: &'static str, args: &[&str]) -> Result<Vec<u8>, StorageError> {
     debug!(action, ?args, "qemu-img");
+    // A call given up on (its task stopped) stops its qemu-img too.
     let out = Command::new("qemu-img")
         .args(args)
         .stdin(Stdio::null())
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|source| StorageError::SpawnQemuImg { action, source })?;
@@ -24,6 +26,17 @@ pub(super) async fn qemu_img(action: &'static str, args: &[&str]) -> Result<Vec<
         });
     }
     Ok(out.stdout)
+}
+
+/// A file removed when dropped, unless taken out.
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -180,21 +193,19 @@ impl Storage {
         let tmp = dir.join(format!(".{name}.importing"));
         let src = source.to_string();
         let tmp_str = tmp.to_string_lossy().into_owned();
-        let result = qemu_img(
+        // Removed however this ends unless renamed into place (also when the caller's task
+        // is stopped and this future dropped).
+        let mut leftover = RemoveOnDrop(Some(tmp.clone()));
+        qemu_img(
             "convert",
             &["convert", "-U", "-O", format.as_str(), &src, &tmp_str],
         )
-        .await
-        .and_then(|_| {
-            std::fs::rename(&tmp, &path).map_err(|source| StorageError::CreateDir {
-                path: path.clone(),
-                source,
-            })
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
+        .await?;
+        std::fs::rename(&tmp, &path).map_err(|source| StorageError::CreateDir {
+            path: path.clone(),
+            source,
+        })?;
+        leftover.0 = None;
         Ok(VolumeId {
             storage: storage.to_string(),
             volname: format!("{vmid}/{name}"),

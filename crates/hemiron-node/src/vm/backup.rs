@@ -128,6 +128,105 @@ fn render_notes(template: &str, name: &str, vmid: u32, node: &str) -> String {
         .replace("\\n", "\n")
 }
 
+/// Volumes a restore made, freed when dropped unless taken over by a written config.
+struct MadeVolumes {
+    storage: crate::storage::Storage,
+    volumes: Vec<VolumeId>,
+}
+
+impl Drop for MadeVolumes {
+    fn drop(&mut self) {
+        for v in self.volumes.drain(..) {
+            let _ = self.storage.free(&v);
+        }
+    }
+}
+
+/// What a live backup set up in QEMU: undone when it ends, and — when its task is stopped
+/// and the backup's future dropped — undone by a task of its own (jobs cancelled, their
+/// nodes removed, a guest paused for the start resumed).
+struct QemuJobs {
+    owner: super::owner::OwnerHandle,
+    jobs: Vec<String>,
+    nodes: Vec<String>,
+    paused: bool,
+    open: bool,
+}
+
+impl QemuJobs {
+    async fn close(mut self, cancel: bool) {
+        self.open = false;
+        let (jobs, nodes) = (
+            std::mem::take(&mut self.jobs),
+            std::mem::take(&mut self.nodes),
+        );
+        undo_jobs(self.owner.clone(), jobs, nodes, self.paused, cancel).await;
+    }
+}
+
+impl Drop for QemuJobs {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let (jobs, nodes) = (
+            std::mem::take(&mut self.jobs),
+            std::mem::take(&mut self.nodes),
+        );
+        let (owner, paused) = (self.owner.clone(), self.paused);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(undo_jobs(owner, jobs, nodes, paused, true));
+        }
+    }
+}
+
+/// Cancels (when asked) and dismisses backup jobs, removes their target nodes, resumes a
+/// guest they paused.
+async fn undo_jobs(
+    owner: super::owner::OwnerHandle,
+    jobs: Vec<String>,
+    nodes: Vec<String>,
+    resume: bool,
+    cancel: bool,
+) {
+    if resume {
+        let _ = owner.resume().await;
+    }
+    if cancel {
+        // Jobs still copying into files that are about to go: cancelled, and waited for.
+        for job in &jobs {
+            let _ = owner
+                .raw(
+                    "block-job-cancel",
+                    Some(json!({ "device": job, "force": true })),
+                )
+                .await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            let listed = owner.raw("query-jobs", None).await.unwrap_or_default();
+            let busy = listed.as_array().is_some_and(|a| {
+                a.iter().any(|j| {
+                    jobs.iter().any(|id| j["id"] == id.as_str())
+                        && !matches!(j["status"].as_str(), Some("concluded" | "null"))
+                })
+            });
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for job in &jobs {
+        let _ = owner.raw("job-dismiss", Some(json!({ "id": job }))).await;
+    }
+    for node in &nodes {
+        let _ = owner
+            .raw("blockdev-del", Some(json!({ "node-name": node })))
+            .await;
+    }
+}
+
 /// Opens a tar archive and finds where each member's bytes are.
 fn members(path: &Path) -> Result<BTreeMap<String, (u64, u64)>, VmError> {
     let bad =
@@ -402,8 +501,13 @@ impl VmManager {
         log: &TaskContext,
     ) -> Result<(), VmError> {
         let tag = rand::random::<u32>();
-        let mut added = Vec::new();
-        let mut jobs = Vec::new();
+        let mut set_up = QemuJobs {
+            owner: owner.clone(),
+            jobs: Vec::new(),
+            nodes: Vec::new(),
+            paused: false,
+            open: true,
+        };
         let result = async {
             let mut actions = Vec::new();
             for (i, ((_, _, node), path)) in disks.iter().zip(files).enumerate() {
@@ -418,7 +522,7 @@ impl VmManager {
                         })),
                     )
                     .await?;
-                added.push(target.clone());
+                set_up.nodes.push(target.clone());
                 let job = format!("{target}-job");
                 let mut data = json!({
                     "job-id": job, "device": node, "target": target, "sync": "full",
@@ -428,10 +532,11 @@ impl VmManager {
                     data["speed"] = json!(r);
                 }
                 actions.push(json!({ "type": "blockdev-backup", "data": data }));
-                jobs.push(job);
+                set_up.jobs.push(job);
             }
             if suspend {
                 owner.pause().await?;
+                set_up.paused = true;
             }
             let started = if actions.is_empty() {
                 Ok(json!({}))
@@ -441,6 +546,7 @@ impl VmManager {
                     .await
             };
             if suspend {
+                set_up.paused = false;
                 if let Err(e) = owner.resume().await {
                     log.log(format!("WARNING: the guest could not be resumed: {e}"));
                 }
@@ -449,36 +555,15 @@ impl VmManager {
             // The backup's instant: what the guest writes from here on is not in it.
             log.log(format!(
                 "backup jobs started for {} disk(s); the guest runs on",
-                jobs.len()
+                set_up.jobs.len()
             ));
-            for job in &jobs {
+            for job in &set_up.jobs {
                 wait_job(owner, job, log).await?;
             }
             Ok::<(), VmError>(())
         }
         .await;
-        if result.is_err() {
-            // Jobs still copying into files that are about to go: cancelled first.
-            for job in &jobs {
-                let _ = owner
-                    .raw(
-                        "block-job-cancel",
-                        Some(json!({ "device": job, "force": true })),
-                    )
-                    .await;
-            }
-            for job in &jobs {
-                let _ = wait_job(owner, job, log).await;
-            }
-        }
-        for job in &jobs {
-            let _ = owner.raw("job-dismiss", Some(json!({ "id": job }))).await;
-        }
-        for node in &added {
-            let _ = owner
-                .raw("blockdev-del", Some(json!({ "node-name": node })))
-                .await;
-        }
+        set_up.close(result.is_err()).await;
         result
     }
 
@@ -559,7 +644,12 @@ impl VmManager {
         conf.main
             .props
             .retain(|k, _| !k.starts_with("unused") && k != "parent" && k != "lock");
-        let mut made: Vec<VolumeId> = Vec::new();
+        // Volumes made so far go again unless the new config names them — also when the
+        // task is stopped and this future dropped.
+        let mut made = MadeVolumes {
+            storage: self.storage().clone(),
+            volumes: Vec::new(),
+        };
         let result = async {
             for d in &archive.index.disks {
                 let old_vol = parse_volid(&d.volid)?;
@@ -592,7 +682,7 @@ impl VmManager {
                     .storage()
                     .import_spec(&target, vmid, &spec, format)
                     .await?;
-                made.push(new.clone());
+                made.volumes.push(new.clone());
                 if let Some(value) = conf.main.props.get(&d.key).cloned() {
                     conf.main
                         .props
@@ -602,12 +692,7 @@ impl VmManager {
             Ok::<(), VmError>(())
         }
         .await;
-        if let Err(e) = result {
-            for v in &made {
-                let _ = self.storage().free(v);
-            }
-            return Err(e);
-        }
+        result?;
         if from != vmid {
             // The cloud-init drive is made anew at start, as this VM's own volume.
             for value in conf.main.props.values_mut() {
@@ -625,12 +710,8 @@ impl VmManager {
             }
         }
         renew_identity(&mut conf, unique || from != vmid);
-        if let Err(e) = self.store.write(vmid, &conf) {
-            for v in &made {
-                let _ = self.storage().free(v);
-            }
-            return Err(e);
-        }
+        self.store.write(vmid, &conf)?;
+        made.volumes.clear();
         if let Some(old) = old {
             let keep = super::update::referenced_volumes(&conf);
             let owned: Vec<String> = super::update::referenced_volumes(&old)
