@@ -218,5 +218,39 @@ fn vm_a_stopped_backup_task_leaves_nothing_behind() {
         "/nodes/n1/vzdump",
         &[("vmid", "181"), ("storage", "local")],
     );
+
+    // A stop-mode backup stopped while it copies: the VM is started again.
+    let upid = api
+        .post(
+            "/nodes/n1/vzdump",
+            &[
+                ("vmid", "181"),
+                ("storage", "local"),
+                ("mode", "stop"),
+                ("bwlimit", "1024"),
+            ],
+        )
+        .ok();
+    let upid = upid.as_str().unwrap().to_string();
+    wait_for(
+        "the offline copy to start",
+        Duration::from_secs(120),
+        || {
+            let log = api
+                .get(&format!("/nodes/n1/tasks/{upid}/log"), &[("limit", "1000")])
+                .ok();
+            log.to_string()
+                .contains("copying local:181/vm-181-disk-1")
+                .then_some(())
+        },
+    );
+    api.delete(&format!("/nodes/n1/tasks/{upid}"), &[]).ok();
+    api.wait_task("n1", &upid, Duration::from_secs(30));
+    wait_for("the VM to run again", Duration::from_secs(60), || {
+        let st = api.get("/nodes/n1/qemu/181/status/current", &[]).ok();
+        (st["qmpstatus"] == "running").then_some(())
+    });
+    let web = forward(&api, "n1", 181, 80);
+    wait_guest(&web);
     api.task_ok("n1", "POST", "/nodes/n1/qemu/181/status/stop", &[]);
 }

@@ -128,6 +128,24 @@ fn render_notes(template: &str, name: &str, vmid: u32, node: &str) -> String {
         .replace("\\n", "\n")
 }
 
+/// A VM stopped for a stop-mode backup, started again (as a task of its own) if the backup
+/// is dropped before it could do so itself.
+struct StartAgain<'a> {
+    vms: &'a VmManager,
+    vmid: u32,
+    armed: bool,
+}
+
+impl Drop for StartAgain<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(restart) = self.vms.autostart.get() {
+                (restart.0)(self.vmid);
+            }
+        }
+    }
+}
+
 /// Volumes a restore made, freed when dropped unless taken over by a written config.
 struct MadeVolumes {
     storage: crate::storage::Storage,
@@ -348,8 +366,16 @@ impl VmManager {
             )
             .await?;
         }
+        // Started again however the backup ends; if its task is stopped (this future
+        // dropped), by a start task of its own.
+        let mut start_again = StartAgain {
+            vms: self,
+            vmid,
+            armed: stopped_for_backup,
+        };
         let result = self.backup_locked(vmid, req, &dump, log).await;
         if stopped_for_backup {
+            start_again.armed = false;
             log.log("starting the VM again");
             if let Err(e) = self.start(vmid, StartOptions::default(), log).await {
                 log.log(format!("could not start the VM again: {e}"));
