@@ -436,7 +436,9 @@ fn vm_agent_restart_readopts_running_vms() {
         .ok();
     assert_eq!(st["status"], "stopped");
     assert_eq!(st["exitstatus"], "unexpected status");
-    // The re-adopted VMs are fully controllable.
+    // The re-adopted VMs are fully controllable. (The guest must have booted to hear the
+    // power button: three TCG boots at once can leave it still starting here.)
+    wait_guest(&forward(&api, "n1", 111, 80));
     api.task_ok("n1", "POST", "/nodes/n1/qemu/111/status/shutdown", &[]);
     assert_eq!(status(&api, 111)["status"], "stopped");
     let history = api.get("/nodes/n1/tasks", &[("limit", "500")]).body["total"]
