@@ -6,37 +6,16 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{Agent, Api};
 use serde_json::Value;
 
-/// Writes `pattern` bytes at `offset` of a qcow2 file (the VM is stopped).
 fn write_pattern(path: &Path, pattern: u8, offset: &str) {
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c"])
-        .arg(format!("write -P {pattern} {offset} 64k"))
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::write_pattern(path, pattern, offset, "64k");
 }
 
-/// Whether the 64 KiB at `offset` all hold `pattern`.
 fn has_pattern(path: &Path, pattern: u8, offset: &str) -> bool {
-    let out = Command::new("qemu-io")
-        .args(["-r", "-f", "qcow2", "-c"])
-        .arg(format!("read -P {pattern} {offset} 64k"))
-        .arg(path)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    out.status.success() && !text.contains("Pattern verification failed")
+    common::has_pattern(path, pattern, offset, "64k")
 }
 
 fn backups(api: &Api) -> Vec<Value> {

@@ -5,90 +5,80 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{create_vm, forward, guest_run, wait_for, wait_guest, Agent};
+use common::{create_vm, forward, wait_for, wait_guest, Agent, Api};
 
 /// 60 MiB into the data disk, in 512-byte sectors: well past what the backup copies in its
 /// first seconds at 8 MiB/s.
 const SECTOR: u32 = 60 * 2048;
 
 fn write_marker(web: &str, marker: &str) {
-    let out = guest_run(
-        web,
-        &format!(
-            "printf '{marker}' | dd of=/dev/vda bs=512 seek={SECTOR} count=1 conv=sync oflag=direct 2>&1; sync"
-        ),
-    )
-    .unwrap();
-    assert!(out.contains("1+0 records out"), "{out}");
+    common::write_disk_marker(web, SECTOR, marker);
 }
 
 fn read_marker(web: &str) -> String {
-    guest_run(
-        web,
-        &format!(
-            "dd if=/dev/vda bs=512 skip={SECTOR} count=1 iflag=direct 2>/dev/null | tr -d '\\000'"
-        ),
-    )
-    .unwrap()
-    .trim()
-    .to_string()
+    common::read_disk_marker(web, SECTOR)
+}
+
+/// A running VM `vmid` whose data disk holds 64 MiB, so that a throttled copy takes a
+/// while; returns its guest's web address.
+fn running_vm_with_data(agent: &Agent, vmid: u32) -> String {
+    let api = agent.api();
+    let disk = format!("local:0,import-from={}", common::guest_image().display());
+    create_vm(
+        &api,
+        "n1",
+        vmid,
+        &[("scsi0", &disk), ("virtio1", "local:0.125")],
+    );
+    let data = agent.data_dir().join(format!(
+        "storage/local/images/{vmid}/vm-{vmid}-disk-1.qcow2"
+    ));
+    common::write_pattern(&data, 0x61, "0", "64M");
+    api.task_ok(
+        "n1",
+        "POST",
+        &format!("/nodes/n1/qemu/{vmid}/status/start"),
+        &[],
+    );
+    let web = forward(&api, "n1", vmid, 80);
+    wait_guest(&web);
+    web
+}
+
+/// Starts a backup task and waits until its log says `line`; returns its UPID.
+fn backup_until(api: &Api, params: &[(&str, &str)], line: &str) -> String {
+    let upid = api.post("/nodes/n1/vzdump", params).ok();
+    let upid = upid.as_str().unwrap().to_string();
+    wait_for(line, Duration::from_secs(120), || {
+        let log = api
+            .get(&format!("/nodes/n1/tasks/{upid}/log"), &[("limit", "1000")])
+            .ok();
+        log.to_string().contains(line).then_some(())
+    });
+    upid
 }
 
 #[test]
 fn vm_backup_of_a_running_vm_is_point_in_time_and_restores() {
     let agent = Agent::start();
     let api = agent.api();
-    let disk = format!("local:0,import-from={}", common::guest_image().display());
-    create_vm(
-        &api,
-        "n1",
-        180,
-        &[("scsi0", &disk), ("virtio1", "local:0.125")],
-    );
-    // 64 MiB of data on the data disk, so that a throttled copy takes a while.
-    let data = agent
-        .data_dir()
-        .join("storage/local/images/180/vm-180-disk-1.qcow2");
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x61 0 64M"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    api.task_ok("n1", "POST", "/nodes/n1/qemu/180/status/start", &[]);
-    let web = forward(&api, "n1", 180, 80);
-    wait_guest(&web);
+    let web = running_vm_with_data(&agent, 180);
     write_marker(&web, "MARK-1");
 
-    let upid = api
-        .post(
-            "/nodes/n1/vzdump",
-            &[
-                ("vmid", "180"),
-                ("storage", "local"),
-                ("mode", "snapshot"),
-                ("compress", "zstd"),
-                ("bwlimit", "8192"),
-            ],
-        )
-        .ok();
-    let upid = upid.as_str().unwrap().to_string();
     // The guest writes once the copy has begun (the log says when that instant was).
-    wait_for("the backup jobs to start", Duration::from_secs(60), || {
-        let log = api
-            .get(&format!("/nodes/n1/tasks/{upid}/log"), &[("limit", "1000")])
-            .ok();
-        log.to_string()
-            .contains("backup jobs started")
-            .then_some(())
-    });
+    let upid = backup_until(
+        &api,
+        &[
+            ("vmid", "180"),
+            ("storage", "local"),
+            ("mode", "snapshot"),
+            ("compress", "zstd"),
+            ("bwlimit", "8192"),
+        ],
+        "backup jobs started",
+    );
     write_marker(&web, "MARK-2");
     let st = api.get(&format!("/nodes/n1/tasks/{upid}/status"), &[]).ok();
     assert_eq!(
@@ -156,40 +146,12 @@ fn open_files_in(pid: u32, dir: &std::path::Path) -> Vec<String> {
 fn vm_a_stopped_backup_task_leaves_nothing_behind() {
     let agent = Agent::start();
     let api = agent.api();
-    let disk = format!("local:0,import-from={}", common::guest_image().display());
-    create_vm(
+    running_vm_with_data(&agent, 181);
+    let upid = backup_until(
         &api,
-        "n1",
-        181,
-        &[("scsi0", &disk), ("virtio1", "local:0.125")],
+        &[("vmid", "181"), ("storage", "local"), ("bwlimit", "1024")],
+        "backup jobs started",
     );
-    let data = agent
-        .data_dir()
-        .join("storage/local/images/181/vm-181-disk-1.qcow2");
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x61 0 64M"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    api.task_ok("n1", "POST", "/nodes/n1/qemu/181/status/start", &[]);
-    let web = forward(&api, "n1", 181, 80);
-    wait_guest(&web);
-    let upid = api
-        .post(
-            "/nodes/n1/vzdump",
-            &[("vmid", "181"), ("storage", "local"), ("bwlimit", "1024")],
-        )
-        .ok();
-    let upid = upid.as_str().unwrap().to_string();
-    wait_for("the backup jobs to start", Duration::from_secs(60), || {
-        let log = api
-            .get(&format!("/nodes/n1/tasks/{upid}/log"), &[("limit", "1000")])
-            .ok();
-        log.to_string()
-            .contains("backup jobs started")
-            .then_some(())
-    });
     let dump = agent.data_dir().join("storage/local/dump");
     let pid = agent.qemu_pids()[0];
     assert!(
@@ -220,29 +182,15 @@ fn vm_a_stopped_backup_task_leaves_nothing_behind() {
     );
 
     // A stop-mode backup stopped while it copies: the VM is started again.
-    let upid = api
-        .post(
-            "/nodes/n1/vzdump",
-            &[
-                ("vmid", "181"),
-                ("storage", "local"),
-                ("mode", "stop"),
-                ("bwlimit", "1024"),
-            ],
-        )
-        .ok();
-    let upid = upid.as_str().unwrap().to_string();
-    wait_for(
-        "the offline copy to start",
-        Duration::from_secs(120),
-        || {
-            let log = api
-                .get(&format!("/nodes/n1/tasks/{upid}/log"), &[("limit", "1000")])
-                .ok();
-            log.to_string()
-                .contains("copying local:181/vm-181-disk-1")
-                .then_some(())
-        },
+    let upid = backup_until(
+        &api,
+        &[
+            ("vmid", "181"),
+            ("storage", "local"),
+            ("mode", "stop"),
+            ("bwlimit", "1024"),
+        ],
+        "copying local:181/vm-181-disk-1",
     );
     api.delete(&format!("/nodes/n1/tasks/{upid}"), &[]).ok();
     api.wait_task("n1", &upid, Duration::from_secs(30));

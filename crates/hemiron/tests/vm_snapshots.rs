@@ -16,24 +16,11 @@ fn status(api: &Api, vmid: u32) -> serde_json::Value {
 
 /// Writes a marker into the first sector of the guest's data disk, bypassing its cache.
 fn write_marker(web: &str, marker: &str) {
-    let out = guest_run(
-        web,
-        &format!(
-            "printf '{marker}' | dd of=/dev/vda bs=512 count=1 conv=sync oflag=direct 2>&1; sync"
-        ),
-    )
-    .unwrap();
-    assert!(out.contains("1+0 records out"), "{out}");
+    common::write_disk_marker(web, 0, marker);
 }
 
 fn read_marker(web: &str) -> String {
-    guest_run(
-        web,
-        "dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | tr -d '\\000'",
-    )
-    .unwrap()
-    .trim()
-    .to_string()
+    common::read_disk_marker(web, 0)
 }
 
 fn allocated(path: &std::path::Path) -> u64 {

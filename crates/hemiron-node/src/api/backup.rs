@@ -63,11 +63,8 @@ pub async fn vzdump(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
             "not supported: cancel a running backup by stopping its task",
         ));
     }
-    let vmids: Vec<u32> = p
-        .str("vmid")
-        .unwrap_or_default()
-        .split(|c: char| c == ',' || c == ';' || c == '\0' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
+    let vmids: Vec<u32> = hemiron_pve::text::split_list(p.str("vmid").unwrap_or_default())
+        .iter()
         .filter_map(|s| s.parse().ok())
         .collect();
     if vmids.is_empty() {

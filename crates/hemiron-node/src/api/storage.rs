@@ -130,11 +130,7 @@ pub async fn volume_put(State(node): State<Arc<Node>>, call: Call) -> ApiResult 
             "only backups have notes and protection here",
         ));
     }
-    let sidecar = |ext: &str| {
-        let mut p = path.clone().into_os_string();
-        p.push(format!(".{ext}"));
-        std::path::PathBuf::from(p)
-    };
+    let sidecar = |ext: &str| crate::storage::backup_sidecar(&path, ext);
     let failed = |e: std::io::Error| ApiError::runtime(format!("cannot update '{volid}': {e}"));
     if let Some(notes) = call.params.str("notes") {
         if notes.is_empty() {
@@ -163,20 +159,14 @@ pub async fn volume_delete(State(node): State<Arc<Node>>, call: Call) -> ApiResu
     let wanted = volid.to_string();
     match volid.kind() {
         hemiron_pve::volume::VolumeKind::Backup(_) => {
-            let mut protected = path.clone().into_os_string();
-            protected.push(".protected");
-            if std::path::Path::new(&protected).exists() {
+            if crate::storage::backup_sidecar(&path, "protected").exists() {
                 return Err(ApiError::runtime(format!(
                     "backup '{wanted}' is protected; remove its protection first"
                 )));
             }
-            std::fs::remove_file(&path)
-                .map_err(|e| ApiError::runtime(format!("cannot remove '{wanted}': {e}")))?;
-            for ext in [".notes", ".protected"] {
-                let mut side = path.clone().into_os_string();
-                side.push(ext);
-                let _ = std::fs::remove_file(std::path::PathBuf::from(side));
-            }
+            storage
+                .remove_backup(&volid)
+                .map_err(|e| ApiError::from_err(&e))?;
         }
         hemiron_pve::volume::VolumeKind::Image { .. } => {
             // 0: no VM of this node claims the volume in this call.

@@ -166,6 +166,14 @@ pub struct ContentEntry {
     pub protected: Option<u8>,
 }
 
+/// A backup archive's companion file, `ARCHIVE.notes` or `ARCHIVE.protected`, as Proxmox
+/// keeps them.
+pub fn backup_sidecar(archive: &Path, ext: &str) -> PathBuf {
+    let mut p = archive.as_os_str().to_owned();
+    p.push(format!(".{ext}"));
+    PathBuf::from(p)
+}
+
 /// A backup archive's name: `vzdump-qemu-<vmid>-<YYYY_MM_DD-HH_MM_SS>.<ext>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupName {
@@ -330,6 +338,20 @@ impl Storage {
         Ok(())
     }
 
+    /// Removes a backup archive with its notes and protection mark.
+    pub fn remove_backup(&self, volid: &VolumeId) -> Result<(), StorageError> {
+        let path = self.path(volid)?;
+        if let Err(source) = std::fs::remove_file(&path) {
+            if source.kind() != std::io::ErrorKind::NotFound {
+                return Err(StorageError::Remove { path, source });
+            }
+        }
+        for ext in ["notes", "protected"] {
+            let _ = std::fs::remove_file(backup_sidecar(&path, ext));
+        }
+        Ok(())
+    }
+
     /// Where a pool keeps its backup archives.
     pub fn dump_dir(&self, storage: &str) -> Result<PathBuf, StorageError> {
         Ok(self.pool(storage)?.path.join("dump"))
@@ -435,7 +457,6 @@ impl Storage {
                 if vmid.is_some_and(|v| v != parsed.vmid) || !file.is_file() {
                     continue;
                 }
-                let sidecar = |ext: &str| file.with_file_name(format!("{name}.{ext}"));
                 out.push(ContentEntry {
                     volid: format!("{storage}:backup/{name}"),
                     content: "backup".into(),
@@ -445,8 +466,8 @@ impl Storage {
                     vmid: Some(parsed.vmid),
                     ctime: Some(parsed.ctime),
                     parent: None,
-                    notes: std::fs::read_to_string(sidecar("notes")).ok(),
-                    protected: sidecar("protected").exists().then_some(1),
+                    notes: std::fs::read_to_string(backup_sidecar(&file, "notes")).ok(),
+                    protected: backup_sidecar(&file, "protected").exists().then_some(1),
                 });
             }
         }

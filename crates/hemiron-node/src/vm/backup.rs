@@ -333,15 +333,6 @@ impl Archive {
 }
 
 impl VmManager {
-    /// The disks a backup copies: storage volumes, not CD-ROMs or the cloud-init drive
-    /// (which a restore makes anew).
-    fn backup_disks(conf: &VmConfig) -> Result<Vec<(String, VolumeId, String)>, VmError> {
-        Ok(super::snapshot::volume_disks(&conf.main.props)?
-            .into_iter()
-            .map(|(key, volid, node)| (key.to_string(), volid, node))
-            .collect())
-    }
-
     /// The `vzdump` task for one VM: writes the archive and returns its volume ID.
     pub async fn backup(
         &self,
@@ -383,7 +374,7 @@ impl VmManager {
         }
         let name = result?;
         if let Some(opts) = &req.prune {
-            self.prune_backups(vmid, &req.storage, opts, log)?;
+            self.prune_backups(vmid, &req.storage, opts, log).await?;
         }
         Ok(format!("{}:backup/{name}", req.storage))
     }
@@ -402,7 +393,8 @@ impl VmManager {
         saved.pending = None;
         saved.snapshots.clear();
         saved.main.props.remove("parent");
-        let disks = Self::backup_disks(&saved)?;
+        // Volume disks; the cloud-init drive is not among them (a restore makes it anew).
+        let disks = super::snapshot::volume_disks(&saved.main.props)?;
         // Names have one-second resolution: a second backup within the same second takes
         // the next free one.
         let mut ctime = crate::tasks::unix_now();
@@ -433,7 +425,7 @@ impl VmManager {
             let file = format!("disk-{key}.qcow2");
             files.push(scratch.0.join(&file));
             index.disks.push(IndexDisk {
-                key: key.clone(),
+                key: key.to_string(),
                 volid: volid.to_string(),
                 size,
                 file,
@@ -498,7 +490,7 @@ impl VmManager {
         }
         // Protection first: the prune that follows must see it.
         let sidecar = |ext: &str, data: &[u8]| {
-            crate::fsutil::write_atomic(&dump.join(format!("{name}.{ext}")), data, 0o644)
+            crate::fsutil::write_atomic(&crate::storage::backup_sidecar(&target, ext), data, 0o644)
                 .map_err(|e| VmError::Refused(format!("{name}.{ext} not written: {e}")))
         };
         if req.protected {
@@ -519,7 +511,7 @@ impl VmManager {
     async fn live_backup(
         &self,
         owner: &super::owner::OwnerHandle,
-        disks: &[(String, VolumeId, String)],
+        disks: &[(hemiron_pve::views::DriveKey, VolumeId, String)],
         files: &[PathBuf],
         compress: Compress,
         rate: Option<u64>,
@@ -594,41 +586,29 @@ impl VmManager {
     }
 
     /// Prunes VM `vmid`'s backups on `storage` (protected ones stay).
-    pub fn prune_backups(
+    pub async fn prune_backups(
         &self,
         vmid: u32,
         storage: &str,
         opts: &PruneOptions,
         log: &TaskContext,
     ) -> Result<(), VmError> {
-        let dump = self.storage().dump_dir(storage)?;
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(&dump).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(b) = BackupName::parse(&name).filter(|b| b.vmid == vmid) {
-                let protected = dump.join(format!("{name}.protected")).exists();
-                found.push((
-                    name,
-                    Backup {
-                        ctime: b.ctime,
-                        protected,
-                    },
-                ));
-            }
-        }
-        let marks = hemiron_pve::prune::mark(
-            &found.iter().map(|(_, b)| *b).collect::<Vec<_>>(),
-            opts,
-            time::UtcOffset::UTC,
-        );
-        for ((name, _), mark) in found.iter().zip(marks) {
+        let found = self
+            .storage()
+            .list(storage, Some("backup"), Some(vmid))
+            .await?;
+        let groups: Vec<Backup> = found
+            .iter()
+            .map(|e| Backup {
+                ctime: e.ctime.unwrap_or(0),
+                protected: e.protected.is_some(),
+            })
+            .collect();
+        let marks = hemiron_pve::prune::mark(&groups, opts, time::UtcOffset::UTC);
+        for (entry, mark) in found.iter().zip(marks) {
             if mark == Mark::Remove {
-                log.log(format!(
-                    "prune: removing backup '{storage}:backup/{name}' ({opts})"
-                ));
-                for f in [name.clone(), format!("{name}.notes")] {
-                    let _ = std::fs::remove_file(dump.join(f));
-                }
+                log.log(format!("prune: removing backup '{}' ({opts})", entry.volid));
+                self.storage().remove_backup(&parse_volid(&entry.volid)?)?;
             }
         }
         Ok(())

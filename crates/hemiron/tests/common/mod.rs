@@ -524,3 +524,56 @@ pub fn ssh_hostname(ssh_command: &str, key: &std::path::Path) -> Option<String> 
     let target = args.pop()?;
     ssh(&args, key, target, "hostname")
 }
+
+/// Writes `marker` into one 512-byte sector of the guest's `/dev/vda`, past its cache.
+pub fn write_disk_marker(web: &str, sector: u32, marker: &str) {
+    let out = guest_run(
+        web,
+        &format!(
+            "printf '{marker}' | dd of=/dev/vda bs=512 seek={sector} count=1 conv=sync oflag=direct 2>&1; sync"
+        ),
+    )
+    .expect("guest answers");
+    assert!(out.contains("1+0 records out"), "{out}");
+}
+
+/// What one sector of the guest's `/dev/vda` holds, NULs left out.
+pub fn read_disk_marker(web: &str, sector: u32) -> String {
+    guest_run(
+        web,
+        &format!(
+            "dd if=/dev/vda bs=512 skip={sector} count=1 iflag=direct 2>/dev/null | tr -d '\\000'"
+        ),
+    )
+    .expect("guest answers")
+    .trim()
+    .to_string()
+}
+
+/// Fills `len` bytes at `offset` of a qcow2 file (its VM stopped) with `pattern`.
+pub fn write_pattern(path: &Path, pattern: u8, offset: &str, len: &str) {
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -P {pattern} {offset} {len}"))
+        .arg(path)
+        .output()
+        .expect("qemu-io");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether `len` bytes at `offset` of a qcow2 file all hold `pattern`.
+pub fn has_pattern(path: &Path, pattern: u8, offset: &str, len: &str) -> bool {
+    let out = Command::new("qemu-io")
+        .args(["-r", "-f", "qcow2", "-c"])
+        .arg(format!("read -P {pattern} {offset} {len}"))
+        .arg(path)
+        .output()
+        .expect("qemu-io");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    out.status.success() && !text.contains("Pattern verification failed")
+}
