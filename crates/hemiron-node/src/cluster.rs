@@ -83,28 +83,55 @@ impl Peer {
             .map_err(|e| crate::error_chain(&e))
     }
 
-    /// This node's own part of a cluster-wide GET (`path` below `/api2/json`): its `data`.
-    pub async fn own_part(&self, path: &str) -> Result<serde_json::Value, String> {
+    /// A call answered for this node alone: the answer's `data`, or why there is none.
+    async fn ask(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
         let request = Forward {
-            method: Method::GET,
+            method,
             path_and_query: path,
-            content_type: None,
-            body: Vec::new(),
+            content_type: body.map(|_| "application/json"),
+            body: match body {
+                Some(b) => serde_json::to_vec(b).map_err(|e| e.to_string())?,
+                None => Vec::new(),
+            },
             headers: &[(SCOPE_HEADER, "local")],
         };
-        let answer = tokio::time::timeout(PEER_TIMEOUT, self.forward(request))
+        let answer = tokio::time::timeout(timeout, self.forward(request))
             .await
-            .map_err(|_| format!("no answer in {} s", PEER_TIMEOUT.as_secs()))??;
-        let body: serde_json::Value = serde_json::from_slice(&answer.body)
+            .map_err(|_| format!("no answer in {} s", timeout.as_secs()))??;
+        let parsed: serde_json::Value = serde_json::from_slice(&answer.body)
             .map_err(|e| format!("unreadable answer ({}): {e}", answer.status))?;
         if answer.status != 200 {
             return Err(format!(
                 "{}: {}",
                 answer.status,
-                body["message"].as_str().unwrap_or("error").trim_end()
+                parsed["message"].as_str().unwrap_or("error").trim_end()
             ));
         }
-        Ok(body["data"].clone())
+        Ok(parsed["data"].clone())
+    }
+
+    /// This node's own part of a cluster-wide GET (`path` below `/api2/json`): its `data`.
+    pub async fn own_part(&self, path: &str) -> Result<serde_json::Value, String> {
+        self.ask(Method::GET, path, None, PEER_TIMEOUT).await
+    }
+
+    /// A JSON call between Hemiron nodes (a migration's handshake): the answer's `data`, or
+    /// the peer's error message.
+    pub async fn call_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        self.ask(Method::POST, path, Some(body), timeout)
+            .await
+            .map_err(|e| format!("node '{}': {e}", self.name))
     }
 
     /// The peer's VMIDs: asked now, or as last known if it cannot answer.

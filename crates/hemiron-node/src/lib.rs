@@ -139,6 +139,8 @@ pub struct Node {
     pub host: hoststats::HostStats,
     /// The cluster this node belongs to; `None`: it is its own cluster.
     pub cluster: Option<cluster::Cluster>,
+    /// The address the API listens on; incoming migrations listen on its IP.
+    pub listen: std::net::SocketAddr,
 }
 
 /// The host name's first label, the default node name as in Proxmox.
@@ -347,6 +349,7 @@ pub async fn run(opts: NodeOptions) -> Result<(), NodeError> {
         fingerprint: cert.as_ref().map(|c| c.fingerprint.clone()),
         host: hoststats::HostStats::new(),
         cluster,
+        listen: opts.listen,
     });
     let tls_config = cert.as_ref().map(tls::server_config).transpose()?;
     let listener = tokio::net::TcpListener::bind(opts.listen)

@@ -54,9 +54,7 @@ fn tempdir() -> tempfile::TempDir {
 }
 
 fn write(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+    common::replace_file(path, text);
 }
 
 #[test]

@@ -1,15 +1,117 @@
-//! `GET /nodes/{node}/qemu/{vmid}/migrate`: can this VM move, and where to?
+//! `GET /nodes/{node}/qemu/{vmid}/migrate` (can this VM move, and where to?), `POST` (move
+//! it), and the calls a migration's source makes on its target
+//! (`/nodes/{node}/hemiron/migration/{vmid}/{prepare|status|commit|abort}`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use serde_json::json;
 
-use super::qemu::target;
-use super::{ApiResult, Call, Data};
+use super::qemu::{target, user};
+use super::{check_node, ApiError, ApiResult, Call, Data};
 use crate::storage::parse_volid;
+use crate::vm::migrate::{MigrateRequest, Prepare, StorageMap};
 use crate::Node;
+
+/// `POST …/migrate`: the `qmigrate` task.
+pub async fn migrate(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
+    let p = &call.params;
+    let vmid = target(&node, p)?;
+    let to = p.str("target").unwrap_or_default().to_string();
+    if to == node.name {
+        return Err(ApiError::param("target", "target is local node."));
+    }
+    let peer = node
+        .cluster
+        .as_ref()
+        .and_then(|c| c.peer(&to))
+        .ok_or_else(|| ApiError::param("target", format!("no such cluster node '{to}'")))?;
+    for (key, why) in [
+        (
+            "migration_network",
+            "migrations use the target's API address",
+        ),
+        ("force", "VMs with local devices cannot move"),
+    ] {
+        if p.contains(key) {
+            return Err(ApiError::param(key, format!("not supported: {why}")));
+        }
+    }
+    if p.bool("with-conntrack-state") == Some(true) {
+        return Err(ApiError::param(
+            "with-conntrack-state",
+            "not supported: guests use user-mode networking, without host conntrack state",
+        ));
+    }
+    if p.str("migration_type") == Some("secure") {
+        return Err(ApiError::param(
+            "migration_type",
+            "not supported: the migration stream goes over plain TCP between the nodes (insecure); use a trusted network",
+        ));
+    }
+    let items: Vec<String> = hemiron_pve::text::split_list(p.str("targetstorage").unwrap_or(""))
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let storage_map = StorageMap::parse(&items).map_err(|e| ApiError::param("targetstorage", e))?;
+    let host = peer
+        .url
+        .parse::<axum::http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()))
+        .ok_or_else(|| ApiError::runtime(format!("node '{to}' has no usable URL")))?;
+    let req = MigrateRequest {
+        target: to,
+        online: p.bool("online").unwrap_or(false),
+        with_local_disks: p.bool("with-local-disks").unwrap_or(false),
+        storage_map,
+        bwlimit: p
+            .int("bwlimit")
+            .and_then(|v| u64::try_from(v).ok())
+            .filter(|v| *v > 0),
+    };
+    let vms = node.vms.clone();
+    let upid = node.tasks.spawn(
+        "qmigrate",
+        &vmid.to_string(),
+        &user(&call),
+        move |ctx| async move {
+            vms.migrate(vmid, req, peer, host, &ctx).await?;
+            Ok(())
+        },
+    )?;
+    Data::new(upid.to_string())
+}
+
+/// The target's side of a migration. Only other nodes of the cluster call this.
+pub async fn incoming(
+    State(node): State<Arc<Node>>,
+    Path((name, vmid, action)): Path<(String, u32, String)>,
+    axum::Json(body): axum::Json<serde_json::Value>,
+) -> ApiResult {
+    check_node(&node, &name)?;
+    let vms = &node.vms;
+    match action.as_str() {
+        "prepare" => {
+            let req: Prepare = serde_json::from_value(body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid prepare request: {e}")))?;
+            Data::new(vms.incoming_prepare(vmid, req, node.listen.ip()).await?)
+        }
+        "status" => Data::new(vms.incoming_renew(vmid)?),
+        "commit" => {
+            let resume = body["resume"].as_bool().unwrap_or(false);
+            Data::new(vms.incoming_commit(vmid, resume).await?)
+        }
+        "abort" => {
+            vms.incoming_abort(vmid).await?;
+            Ok(Data::null())
+        }
+        other => Err(ApiError::NotImplemented(format!(
+            "no migration action '{other}'"
+        ))),
+    }
+}
 
 /// Config keys for host devices a VM cannot take along.
 const LOCAL_DEVICE_KEYS: &[&str] = &["hostpci", "usb", "serial", "parallel"];

@@ -148,7 +148,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/nodes/{node}/qemu/{vmid}/resize", put(qemu::resize))
         .route("/nodes/{node}/qemu/{vmid}/template", post(clone::template))
         .route("/nodes/{node}/qemu/{vmid}/clone", post(clone::clone))
-        .route("/nodes/{node}/qemu/{vmid}/migrate", get(migrate::check))
+        .route(
+            "/nodes/{node}/qemu/{vmid}/migrate",
+            get(migrate::check).post(migrate::migrate),
+        )
+        .route(
+            "/nodes/{node}/hemiron/migration/{vmid}/{action}",
+            post(migrate::incoming),
+        )
         .route(
             "/nodes/{node}/qemu/{vmid}/cloudinit",
             get(clone::cloudinit_get).put(clone::cloudinit_put),

@@ -64,6 +64,8 @@ pub enum VmError {
     Qmp(#[from] hemiron_qmp::QmpError),
     #[error("port forwarding")]
     Forward(#[from] ForwardError),
+    #[error("migration aborted: {0}")]
+    Migration(String),
     #[error("hook script failed: {0}")]
     Hook(String),
     #[error("failed to prepare runtime files")]

@@ -105,6 +105,26 @@ impl Forwards {
         Ok(fresh)
     }
 
+    /// Records the ports a VM brings along (an incoming migration keeps the guest's
+    /// forwards); refused if another VM of this node has one of them.
+    pub fn adopt(&self, vmid: u32, ports: &VmForwards) -> Result<(), ForwardError> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let clash = table
+            .vms
+            .iter()
+            .filter(|(v, _)| **v != vmid)
+            .flat_map(|(_, f)| f.values())
+            .any(|p| ports.values().any(|q| q == p));
+        if clash {
+            return Err(ForwardError::NoFreePort(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "a forwarded port of the VM is another VM's on this node",
+            )));
+        }
+        table.vms.insert(vmid, ports.clone());
+        self.save(&table)
+    }
+
     /// Frees a VM's ports.
     pub fn release(&self, vmid: u32) -> Result<(), ForwardError> {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());

@@ -159,25 +159,16 @@ impl VmManager {
                 ))));
             }
         }
-        let pidfile = cmdline::pid_file(&self.run_dir(), vmid);
-        let pid = match process::launch(&cmd.argv, &pidfile).await {
-            Ok(pid) => pid,
-            Err(e) => {
-                log.log(e.to_string());
-                self.cleanup_runtime(vmid);
-                return Err(VmError::Launch(e));
-            }
-        };
-        info!(vmid, pid, "QEMU started");
-        let running = match self.attach(vmid, pid).await {
+        let running = match self.launch_attached(vmid, &cmd.argv).await {
             Ok(r) => r,
             Err(e) => {
-                // A QEMU we cannot talk to must not be left behind.
-                let _ = process::terminate(pid, Duration::from_secs(2)).await;
-                self.cleanup_runtime(vmid);
+                if let VmError::Launch(l) = &e {
+                    log.log(l.to_string());
+                }
                 return Err(e);
             }
         };
+        let pid = running.owner.pid;
         // With KVM, a guest that cannot run shows as internal-error right away.
         let status = running.owner.info().qmpstatus;
         if status == "internal-error" || status == "guest-panicked" {
@@ -204,6 +195,51 @@ impl VmManager {
             return Err(VmError::Refused(crate::error_chain(&e)));
         }
         self.run_hook(vmid, &hook, "post-start", Some(log)).await?;
+        Ok(())
+    }
+
+    /// Runs a QEMU command line for VM `vmid` and takes it over; a QEMU that cannot be
+    /// talked to is not left behind.
+    pub(super) async fn launch_attached(
+        &self,
+        vmid: u32,
+        argv: &[String],
+    ) -> Result<super::Running, VmError> {
+        let pidfile = cmdline::pid_file(&self.run_dir(), vmid);
+        let pid = match process::launch(argv, &pidfile).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.cleanup_runtime(vmid);
+                return Err(VmError::Launch(e));
+            }
+        };
+        info!(vmid, pid, "QEMU started");
+        match self.attach(vmid, pid).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let _ = process::terminate(pid, Duration::from_secs(2)).await;
+                self.cleanup_runtime(vmid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends a VM's QEMU at once: `quit`, then signals if it lingers.
+    pub(super) async fn end_qemu(
+        owner: &super::owner::OwnerHandle,
+        wait: Duration,
+        log: Option<&TaskContext>,
+    ) -> Result<(), VmError> {
+        if owner.quit().await.is_err() || !owner.wait_exit(wait).await {
+            warn!(pid = owner.pid, "QEMU did not quit; killing it");
+            if let Some(l) = log {
+                l.log("VM still running - terminating now with SIGTERM");
+            }
+            process::terminate(owner.pid, Duration::from_secs(5))
+                .await
+                .map_err(VmError::Signal)?;
+            owner.wait_exit(Duration::from_secs(5)).await;
+        }
         Ok(())
     }
 
@@ -245,15 +281,7 @@ impl VmManager {
         let Some(run) = self.prepare_stop(vmid, opts.skiplock, log).await? else {
             return Ok(());
         };
-        if run.owner.quit().await.is_err() || !run.owner.wait_exit(opts.timeout).await {
-            warn!(vmid, "QEMU did not quit; killing it");
-            log.log("VM still running - terminating now with SIGTERM");
-            process::terminate(run.owner.pid, Duration::from_secs(5))
-                .await
-                .map_err(VmError::Signal)?;
-            run.owner.wait_exit(Duration::from_secs(5)).await;
-        }
-        Ok(())
+        Self::end_qemu(&run.owner, opts.timeout, Some(log)).await
     }
 
     /// `status/shutdown`: the ACPI power button, then wait.

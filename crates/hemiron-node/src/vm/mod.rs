@@ -11,6 +11,7 @@ pub mod error;
 pub mod forwards;
 pub mod hotplug;
 pub mod lifecycle;
+pub mod migrate;
 pub mod netstats;
 pub mod owner;
 pub mod snapshot;
@@ -82,6 +83,8 @@ pub struct VmManager {
     pub autostart: std::sync::OnceLock<Restarter>,
     /// QEMU's version, learnt from the first VM that runs.
     pub qemu_version: std::sync::OnceLock<String>,
+    /// Migrations coming to this node.
+    incoming: migrate::IncomingTable,
 }
 
 /// A callback that starts a VM as a task.
@@ -109,9 +112,13 @@ impl VmManager {
         accel: Accel,
         machines: MachineDefaults,
     ) -> Arc<Self> {
+        let owners = storage
+            .pool("shared")
+            .ok()
+            .map(|p| p.path.join(".hemiron").join("owner"));
         Arc::new_cyclic(|me| VmManager {
             node: node.to_string(),
-            store: ConfigStore::new(data.config_dir(), node),
+            store: ConfigStore::new(data.config_dir(), node, owners),
             data,
             storage,
             forwards,
@@ -122,6 +129,7 @@ impl VmManager {
             me: me.clone(),
             autostart: std::sync::OnceLock::new(),
             qemu_version: std::sync::OnceLock::new(),
+            incoming: migrate::IncomingTable::default(),
         })
     }
 
@@ -237,6 +245,17 @@ impl VmManager {
         } else {
             None
         };
+        self.command_with(vmid, conf, forwards.as_ref())
+    }
+
+    /// The QEMU command line of a config, with the given port forwards on `net0`.
+    pub fn command_with(
+        &self,
+        vmid: u32,
+        conf: &hemiron_pve::config::VmConfig,
+        forwards: Option<&forwards::VmForwards>,
+    ) -> Result<cmdline::QemuCommand, VmError> {
+        let props = update::effective_props(conf);
         let run_dir = self.run_dir();
         let qemu = process::qemu_binary();
         let ctx = cmdline::BuildContext {
@@ -244,7 +263,7 @@ impl VmManager {
             run_dir: &run_dir,
             accel: self.accel,
             storage: &self.storage,
-            forwards: forwards.as_ref(),
+            forwards,
             default_machine: &self.machines.pc,
             default_q35: &self.machines.q35,
             qemu_binary: &qemu,
@@ -368,6 +387,7 @@ impl VmManager {
 
     /// Re-adopts VMs whose QEMU survived an agent restart; cleans up after dead ones.
     pub async fn adopt_all(&self) {
+        self.clean_foreign().await;
         let run = self.run_dir();
         for vmid in self.store.list() {
             let pidfile = cmdline::pid_file(&run, vmid);
@@ -381,6 +401,17 @@ impl VmManager {
                 continue;
             }
             match self.attach(vmid, pid).await {
+                Ok(r) if r.owner.info().qmpstatus == "postmigrate" => {
+                    // A migration that completed in QEMU while the agent was away, without
+                    // the target taking over: the guest runs on here.
+                    info!(
+                        vmid,
+                        pid, "re-adopted VM paused by an unfinished migration; resuming it"
+                    );
+                    if let Err(e) = r.owner.resume().await {
+                        warn!(vmid, error = %e, "failed to resume VM");
+                    }
+                }
                 Ok(_) => info!(vmid, pid, "re-adopted running VM"),
                 Err(e) => {
                     warn!(vmid, pid, error = %crate::error_chain(&e), "failed to re-adopt VM")

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hemiron_qmp::{cmd, QmpClient, QmpError, QmpEvent};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::qemu::process;
@@ -79,6 +79,7 @@ pub enum VmCommand {
 pub struct OwnerHandle {
     tx: mpsc::Sender<VmCommand>,
     info: watch::Receiver<RunInfo>,
+    events: broadcast::Sender<QmpEvent>,
     pub pid: u32,
 }
 
@@ -89,6 +90,11 @@ impl OwnerHandle {
 
     pub fn is_alive(&self) -> bool {
         self.info.borrow().alive
+    }
+
+    /// QEMU's events from now on (for operations that wait for one, e.g. `MIGRATION`).
+    pub fn events(&self) -> broadcast::Receiver<QmpEvent> {
+        self.events.subscribe()
     }
 
     /// Waits until the QEMU process is gone, or `timeout` passes; returns whether it is gone.
@@ -172,12 +178,14 @@ pub async fn adopt(
         shutdown_reason: None,
     });
     let (tx, rx) = mpsc::channel(32);
+    let (events_tx, _) = broadcast::channel(64);
     let span = tracing::info_span!("vm_owner", vmid, pid);
     tokio::spawn(
         Owner {
             client,
             pid,
             info: info_tx,
+            events: events_tx.clone(),
         }
         .run(rx, events, on_exit)
         .instrument(span),
@@ -185,6 +193,7 @@ pub async fn adopt(
     Ok(OwnerHandle {
         tx,
         info: info_rx,
+        events: events_tx,
         pid,
     })
 }
@@ -193,6 +202,7 @@ struct Owner {
     client: Arc<QmpClient>,
     pid: u32,
     info: watch::Sender<RunInfo>,
+    events: broadcast::Sender<QmpEvent>,
 }
 
 impl Owner {
@@ -258,11 +268,13 @@ impl Owner {
                     .map(str::to_string);
                 self.info.send_modify(|i| i.shutdown_reason = reason);
             }
-            "STOP" | "RESUME" | "SUSPEND" | "WAKEUP" | "RESET" | "GUEST_PANICKED" => {
+            "STOP" | "RESUME" | "SUSPEND" | "WAKEUP" | "RESET" | "GUEST_PANICKED" | "MIGRATION" => {
                 self.refresh_status().await;
             }
             _ => {}
         }
+        // Nobody listening is the usual case.
+        let _ = self.events.send(ev);
     }
 
     async fn refresh_status(&self) {

@@ -374,6 +374,25 @@ static VZDUMP_EXTRACTCONFIG: &[P] = &[P::string("volume")];
 
 static MIGRATE_CHECK: &[P] = &[P::string("target").optional().named(F::PveNode)];
 
+static MIGRATE: &[P] = &[
+    P::integer("bwlimit")
+        .optional()
+        .min(0)
+        .default_str("migrate limit from datacenter or storage config"),
+    P::boolean("force").optional(),
+    P::string("migration_network").optional().named(F::Cidr),
+    P::string("migration_type")
+        .optional()
+        .enums(&["secure", "insecure"]),
+    P::boolean("online").optional(),
+    P::string("target").named(F::PveNode),
+    P::string("targetstorage").optional().list(F::StoragePair),
+    P::boolean("with-conntrack-state")
+        .optional()
+        .default_bool(false),
+    P::boolean("with-local-disks").optional(),
+];
+
 static TEMPLATE: &[P] = &[P::string("disk").optional().enums(DRIVE_NAMES)];
 
 static CLONE: &[P] = &[
@@ -514,6 +533,7 @@ pub static ENDPOINTS: &[EndpointSpec] = &[
     ep("POST", vm!("/template"), &[NODE_VMID, TEMPLATE]),
     ep("POST", vm!("/clone"), &[NODE_VMID, CLONE]),
     ep("GET", vm!("/migrate"), &[NODE_VMID, MIGRATE_CHECK]),
+    ep("POST", vm!("/migrate"), &[NODE_VMID, MIGRATE]),
     ep("GET", vm!("/snapshot"), &[NODE_VMID]),
     ep("POST", vm!("/snapshot"), &[NODE_VMID, SNAPSHOT_CREATE]),
     ep(

@@ -421,6 +421,13 @@ impl Drop for Agent {
     }
 }
 
+/// Replaces a file in one rename (agents read their cluster file again when it changes).
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
 /// Creates a VM from the guest image and returns its vmid.
 pub fn create_vm(api: &Api, node: &str, vmid: u32, extra: &[(&str, &str)]) {
     let image = guest_image();

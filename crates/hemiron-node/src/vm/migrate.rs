@@ -1,0 +1,1395 @@
+//! Moving a VM to another node of the cluster (`POST …/migrate`), as Proxmox's `qmigrate`.
+//!
+//! The source drives; the target answers four calls (`prepare`, `status`, `commit`,
+//! `abort`) on its API. `prepare` writes the VM's config on the target — hidden, because the
+//! VM's ownership record on the shared storage still names the source — makes new volumes
+//! for local disks and, for a running VM, starts QEMU with `-incoming defer -S` and the
+//! source's machine type. Local disks are mirrored into the target's volumes over NBD
+//! before RAM moves; then `migrate` runs over TCP. When QEMU reports completion the source
+//! hands its port forwards over and calls `commit`: the target replaces the ownership
+//! record (the instant the VM changes node) and only then resumes the guest, so at no
+//! time do two nodes list the VM or run it.
+//!
+//! Until `commit`, the source can take everything back: the target's QEMU is killed and its
+//! files removed, and the source's guest (paused only in QEMU's last phase) runs on. The
+//! target's images stay inactive until it resumes (`late-block-activate`), so the source
+//! can resume on shared disks. A target that hears nothing from its source for
+//! [`LEASE`] gives up on its own, and an agent that restarts removes what an interrupted
+//! migration left (see [`VmManager::clean_foreign`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hemiron_pve::config::{self, VmConfig};
+use hemiron_pve::views::Drive;
+use hemiron_pve::volume::DriveFile;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use super::forwards::VmForwards;
+use super::owner::OwnerHandle;
+use super::update::check_lock;
+use super::{VmError, VmManager};
+use crate::cluster::Peer;
+use crate::qemu::{cmdline, limits, process};
+use crate::storage::{parse_volid, ImageFormat, VolumeId};
+use crate::tasks::TaskContext;
+
+/// How long a target waits for word from its source before it gives up.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often the source tells the target it is still there.
+const PING_EVERY: Duration = Duration::from_secs(2);
+/// How long a call between the nodes may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Proxmox's default `migrate_downtime` (seconds).
+const DEFAULT_DOWNTIME: f64 = 0.1;
+
+/// `targetstorage`: where each source storage's volumes go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageMap {
+    pairs: BTreeMap<String, String>,
+    /// The storage every unpaired one maps to; `None`: each to itself.
+    default: Option<String>,
+}
+
+impl StorageMap {
+    /// Parses Proxmox's `storage-pair-list`: `src:dst` pairs, one bare ID that every other
+    /// storage maps to, or `1` (each storage to itself).
+    pub fn parse(items: &[String]) -> Result<StorageMap, String> {
+        let mut map = StorageMap::default();
+        for item in items {
+            match item.split_once(':') {
+                Some((src, dst)) => {
+                    if map.pairs.insert(src.to_string(), dst.to_string()).is_some() {
+                        return Err(format!("storage '{src}' is mapped twice"));
+                    }
+                }
+                None if item == "1" => {}
+                None => {
+                    if map.default.replace(item.clone()).is_some() {
+                        return Err("more than one default target storage".into());
+                    }
+                }
+            }
+        }
+        Ok(map)
+    }
+
+    pub fn target_of(&self, source: &str) -> String {
+        self.pairs
+            .get(source)
+            .or(self.default.as_ref())
+            .cloned()
+            .unwrap_or_else(|| source.to_string())
+    }
+}
+
+/// What `POST …/migrate` asks for.
+#[derive(Debug, Clone)]
+pub struct MigrateRequest {
+    pub target: String,
+    pub online: bool,
+    pub with_local_disks: bool,
+    pub storage_map: StorageMap,
+    /// KiB/s.
+    pub bwlimit: Option<u64>,
+}
+
+/// A local disk the target makes anew.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewDisk {
+    /// The drive (`scsi0`): also the NBD export's name.
+    pub key: String,
+    pub volid: String,
+    pub target_storage: String,
+    pub size: u64,
+    pub format: String,
+}
+
+/// `prepare`: the source's request to the target.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prepare {
+    pub source: String,
+    /// The config file as the source holds it.
+    pub config: String,
+    /// Start an incoming QEMU (a live migration).
+    pub live: bool,
+    pub machine: Option<String>,
+    pub accel: String,
+    pub qemu_version: String,
+    pub disks: Vec<NewDisk>,
+    pub forwards: Option<VmForwards>,
+}
+
+/// The target's answer to `prepare`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Prepared {
+    /// Where the incoming QEMU listens for the migration stream.
+    pub migrate_port: Option<u16>,
+    /// NBD server of the incoming QEMU (live) and its exports, one per new disk.
+    pub nbd_port: Option<u16>,
+    /// For a stopped VM: one `qemu-nbd` per new disk (key → port).
+    pub disk_ports: BTreeMap<String, u16>,
+    /// Old volume ID → new one.
+    pub volumes: BTreeMap<String, String>,
+}
+
+/// An incoming migration the target holds.
+#[derive(Debug)]
+struct Incoming {
+    source: String,
+    volumes: Vec<VolumeId>,
+    forwards: bool,
+    live: bool,
+    nbd: bool,
+    servers: Vec<tokio::process::Child>,
+    renewed: Instant,
+}
+
+/// The incoming migrations of a node.
+#[derive(Debug, Default)]
+pub struct IncomingTable {
+    map: Mutex<HashMap<u32, Incoming>>,
+}
+
+impl IncomingTable {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<u32, Incoming>) -> T) -> T {
+        f(&mut self.map.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// `1.5 GiB`.
+pub fn human_bytes(bytes: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0} {}", units[u])
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn mig(msg: impl Into<String>) -> VmError {
+    VmError::Migration(msg.into())
+}
+
+/// `major.minor.micro` as numbers, for comparing QEMU versions.
+fn version_tuple(v: &str) -> Vec<u64> {
+    v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+/// Replaces volume `old` by `new` in every drive line of `props`.
+fn rename_volume(props: &mut BTreeMap<String, String>, old: &str, new: &str) {
+    for value in props.values_mut() {
+        if value == old {
+            *value = new.to_string();
+        } else if let Some(rest) = value.strip_prefix(&format!("{old},")) {
+            *value = format!("{new},{rest}");
+        }
+    }
+}
+
+/// A loopback or host port nobody listens on now.
+fn free_port(ip: IpAddr) -> Result<u16, VmError> {
+    let l = std::net::TcpListener::bind((ip, 0)).map_err(VmError::Runtime)?;
+    Ok(l.local_addr().map_err(VmError::Runtime)?.port())
+}
+
+/// The QMP/HMP steps the source undoes when a live migration fails before its commit.
+struct SourceSide {
+    owner: OwnerHandle,
+    jobs: Vec<String>,
+    nodes: Vec<String>,
+    /// Forwards taken off the source's QEMU (to give back).
+    forwards_removed: Option<VmForwards>,
+}
+
+impl SourceSide {
+    async fn undo(&mut self, log: &TaskContext) {
+        let o = &self.owner;
+        let _ = o.raw("migrate_cancel", None).await;
+        for job in self.jobs.drain(..) {
+            let _ = o
+                .raw(
+                    "block-job-cancel",
+                    Some(json!({ "device": job, "force": true })),
+                )
+                .await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let jobs = o.raw("query-block-jobs", None).await.unwrap_or_default();
+                if !jobs
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|j| j["device"] == job.as_str()))
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        for node in self.nodes.drain(..) {
+            let _ = o
+                .raw("blockdev-del", Some(json!({ "node-name": node })))
+                .await;
+        }
+        if let Some(fw) = self.forwards_removed.take() {
+            for (guest, host) in fw {
+                if let Err(e) = o
+                    .hmp(&format!("hostfwd_add net0 tcp:127.0.0.1:{host}-:{guest}"))
+                    .await
+                {
+                    log.log(format!(
+                        "WARNING: port forward {host} -> {guest} not restored: {e}"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Turns migration capabilities on.
+async fn enable_caps(owner: &OwnerHandle, caps: &[&str]) -> Result<(), VmError> {
+    let list: Vec<Value> = caps
+        .iter()
+        .map(|c| json!({ "capability": c, "state": true }))
+        .collect();
+    owner
+        .raw(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": list })),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Whether the VM's QEMU is stopped by (or for) a migration rather than by a user.
+fn paused_by_migration(status: &str) -> bool {
+    matches!(status, "postmigrate" | "finish-migrate" | "paused")
+}
+
+impl VmManager {
+    /// The `qmigrate` task on the source.
+    pub async fn migrate(
+        &self,
+        vmid: u32,
+        req: MigrateRequest,
+        peer: Arc<Peer>,
+        peer_host: String,
+        log: &TaskContext,
+    ) -> Result<(), VmError> {
+        let started = Instant::now();
+        let _guard = self.lock(vmid).await?;
+        let loaded = self.store.load(vmid)?;
+        let conf = loaded.conf;
+        check_lock(&conf, false)?;
+        let running = self.running(vmid);
+        if running.is_some() && !req.online {
+            return Err(VmError::Refused(
+                "can't migrate running VM without --online".into(),
+            ));
+        }
+        if !self.store.has_owner_records() {
+            return Err(VmError::Refused(
+                "migration needs the cluster's shared storage (--shared-storage on both nodes): the VM's ownership record lives there".into(),
+            ));
+        }
+        let live = running.is_some();
+        let disks = self.disks_to_move(&conf, live, &req).await?;
+        if !disks.is_empty() && !conf.snapshots.is_empty() {
+            return Err(VmError::Refused(
+                "can't migrate local disks of a VM with snapshots: delete the snapshots first"
+                    .into(),
+            ));
+        }
+        if self.store.owner_of(vmid).is_none() {
+            self.store.set_owner(vmid, &self.node)?;
+        }
+        log.log(format!(
+            "starting migration of VM {vmid} to node '{}' ({peer_host})",
+            req.target
+        ));
+        for d in &disks {
+            log.log(format!(
+                "found local disk '{}' ({}, {})",
+                d.volid,
+                d.key,
+                human_bytes(d.size as f64)
+            ));
+        }
+        let raw = config::write(&conf).map_err(|e| VmError::InvalidConfig {
+            vmid,
+            msg: e.to_string(),
+        })?;
+        let prepare = Prepare {
+            source: self.node.clone(),
+            config: raw,
+            live,
+            machine: running.as_ref().map(|r| r.machine.clone()),
+            accel: self.accel.as_str().to_string(),
+            qemu_version: self.qemu_version.get().cloned().unwrap_or_default(),
+            disks: disks.clone(),
+            forwards: self.forwards.get(vmid),
+        };
+        let base = format!("/nodes/{}/hemiron/migration/{vmid}", req.target);
+        let answer = peer
+            .call_json(
+                &format!("{base}/prepare"),
+                &serde_json::to_value(&prepare).map_err(|e| mig(e.to_string()))?,
+                CALL_TIMEOUT,
+            )
+            .await
+            .map_err(|e| mig(format!("target could not prepare: {e}")))?;
+        let prepared: Prepared =
+            serde_json::from_value(answer).map_err(|e| mig(format!("target answer: {e}")))?;
+        log.log(format!("target node '{}' prepared VM {vmid}", req.target));
+
+        let moved = match &running {
+            Some(run) => {
+                self.move_live(
+                    vmid, &conf, &req, &peer, &peer_host, &prepared, &disks, run, log,
+                )
+                .await
+            }
+            None => {
+                self.move_offline(&req, &peer, &base, &peer_host, &prepared, &disks, log)
+                    .await
+            }
+        };
+        if let Err(e) = moved {
+            // Was the switchover made after all (a commit whose answer was lost)?
+            if self.store.owner_of(vmid).as_deref() == Some(req.target.as_str()) {
+                log.log(format!(
+                    "WARNING: {e}; but node '{}' owns the VM now",
+                    req.target
+                ));
+            } else {
+                return Err(e);
+            }
+        }
+        // The VM is the target's now: what is left here goes.
+        self.finish_source(vmid, &conf, &disks, running.as_ref(), log)
+            .await;
+        let took = started.elapsed().as_secs();
+        log.log(format!(
+            "migration finished successfully (duration {:02}:{:02}:{:02})",
+            took / 3600,
+            took / 60 % 60,
+            took % 60
+        ));
+        Ok(())
+    }
+
+    /// The local volumes that move with the VM; refuses what cannot move.
+    async fn disks_to_move(
+        &self,
+        conf: &VmConfig,
+        live: bool,
+        req: &MigrateRequest,
+    ) -> Result<Vec<NewDisk>, VmError> {
+        let storage = self.storage();
+        let is_shared = |v: &VolumeId| storage.pool(&v.storage).is_ok_and(|p| p.shared);
+        let mut out = Vec::new();
+        for (key, value) in cmdline::drives(&conf.main.props) {
+            let Ok(d) = Drive::parse(key, &value, false) else {
+                continue;
+            };
+            let Some(DriveFile::Volume(v)) = d.drive_file() else {
+                if d.file.starts_with('/') {
+                    return Err(VmError::Refused(format!(
+                        "can't migrate {key}: it uses the host path '{}'",
+                        d.file
+                    )));
+                }
+                continue;
+            };
+            let volid = parse_volid(&v.to_string())?;
+            if is_shared(&volid) || d.is_cloudinit() {
+                continue;
+            }
+            if d.is_cdrom() {
+                return Err(VmError::Refused(format!(
+                    "can't migrate local CD-ROM {key} ({volid}): eject it first"
+                )));
+            }
+            let format = crate::storage::volume_format(&volid)
+                .unwrap_or(ImageFormat::Raw)
+                .as_str()
+                .to_string();
+            out.push(NewDisk {
+                key: key.to_string(),
+                volid: volid.to_string(),
+                target_storage: req.storage_map.target_of(&volid.storage),
+                size: storage.volume_size(&volid).await?,
+                format,
+            });
+        }
+        for (k, v) in &conf.main.props {
+            if !k.starts_with("unused") {
+                continue;
+            }
+            if let Ok(volid) = parse_volid(v) {
+                if !is_shared(&volid) {
+                    return Err(VmError::Refused(format!(
+                        "can't migrate unused local disk '{v}' ({k}): delete it or attach it first"
+                    )));
+                }
+            }
+        }
+        for key in ["hostpci", "usb", "serial", "parallel"] {
+            if let Some(k) = conf.main.props.keys().find(|k| {
+                k.strip_prefix(key)
+                    .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+            }) {
+                return Err(VmError::Refused(format!(
+                    "can't migrate VM which uses local devices: {k}"
+                )));
+            }
+        }
+        if live && !out.is_empty() && !req.with_local_disks {
+            return Err(VmError::Refused(
+                "can't live migrate attached local disks without with-local-disks option".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// RAM, device state and local disks of a running VM; ends with the commit.
+    #[allow(clippy::too_many_arguments)]
+    async fn move_live(
+        &self,
+        vmid: u32,
+        conf: &VmConfig,
+        req: &MigrateRequest,
+        peer: &Arc<Peer>,
+        host: &str,
+        prepared: &Prepared,
+        disks: &[NewDisk],
+        run: &super::Running,
+        log: &TaskContext,
+    ) -> Result<(), VmError> {
+        let base = format!("/nodes/{}/hemiron/migration/{vmid}", req.target);
+        let mut side = SourceSide {
+            owner: run.owner.clone(),
+            jobs: Vec::new(),
+            nodes: Vec::new(),
+            forwards_removed: None,
+        };
+        // The target must hear from us, and we must notice a target that went away.
+        let (lost_tx, mut lost_rx) = tokio::sync::watch::channel(None::<String>);
+        let pinger = {
+            let peer = peer.clone();
+            let path = format!("{base}/status");
+            tokio::spawn(async move {
+                let mut failures = 0;
+                loop {
+                    tokio::time::sleep(PING_EVERY).await;
+                    match peer.call_json(&path, &json!({}), PING_EVERY * 2).await {
+                        Ok(_) => failures = 0,
+                        Err(e) => {
+                            failures += 1;
+                            if failures >= 3 {
+                                let _ = lost_tx.send(Some(e));
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let result = self
+            .transfer(
+                vmid,
+                conf,
+                req,
+                host,
+                prepared,
+                disks,
+                &mut side,
+                &mut lost_rx,
+                log,
+            )
+            .await;
+        let result = match result {
+            Ok(()) => {
+                // Hand the forwarded ports over: the source lets go, the target takes them.
+                self.commit(peer, &base, json!({ "resume": true }), log)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        pinger.abort();
+        if let Err(e) = result {
+            log.log(format!("ERROR: {e}"));
+            self.abort_target(peer, &base, log).await;
+            if self.store.owner_of(vmid).as_deref() == Some(req.target.as_str()) {
+                return Err(e);
+            }
+            side.undo(log).await;
+            let status = side.owner.info().qmpstatus;
+            if paused_by_migration(&status) && run.owner.info().alive {
+                match side.owner.resume().await {
+                    Ok(()) => log.log("VM resumed on the source"),
+                    Err(r) => log.log(format!("ERROR: VM could not be resumed here: {r}")),
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Mirrors local disks, then migrates RAM and device state; the source's guest is
+    /// paused at the end (QEMU's `postmigrate`), its forwards taken off.
+    #[allow(clippy::too_many_arguments)]
+    async fn transfer(
+        &self,
+        vmid: u32,
+        conf: &VmConfig,
+        req: &MigrateRequest,
+        host: &str,
+        prepared: &Prepared,
+        disks: &[NewDisk],
+        side: &mut SourceSide,
+        lost: &mut tokio::sync::watch::Receiver<Option<String>>,
+        log: &TaskContext,
+    ) -> Result<(), VmError> {
+        let owner = side.owner.clone();
+        let mut events = owner.events();
+        let speed = req.bwlimit.map(|k| k * 1024);
+        // Storage first: every local disk is mirrored into the target's new volume.
+        if !disks.is_empty() {
+            let port = prepared
+                .nbd_port
+                .ok_or_else(|| mig("the target exports no disks"))?;
+            let nodes = super::snapshot::volume_disks(&conf.main.props)?;
+            for d in disks {
+                let Some((_, _, node)) = nodes.iter().find(|(k, _, _)| k.to_string() == d.key)
+                else {
+                    return Err(mig(format!("drive {} has no block node", d.key)));
+                };
+                let target = format!("mig-nbd-{}", d.key);
+                owner
+                    .raw(
+                        "blockdev-add",
+                        Some(json!({
+                            "driver": "nbd", "node-name": target,
+                            "server": { "type": "inet", "host": host, "port": port.to_string() },
+                            "export": d.key,
+                        })),
+                    )
+                    .await?;
+                side.nodes.push(target.clone());
+                let job = format!("mirror-{}", d.key);
+                let mut args = json!({
+                    "job-id": job, "device": node, "target": target, "sync": "full",
+                });
+                if let Some(s) = speed {
+                    args["speed"] = json!(s);
+                }
+                owner.raw("blockdev-mirror", Some(args)).await?;
+                side.jobs.push(job);
+                log.log(format!("{}: start mirror to target", d.key));
+            }
+            self.wait_mirrors_ready(&owner, &side.jobs, lost, log)
+                .await?;
+        }
+
+        let downtime = conf
+            .get("migrate_downtime")
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(DEFAULT_DOWNTIME);
+        // `migrate_speed` is MB/s, `bwlimit` KiB/s; without either, no cap worth the name.
+        let bandwidth = speed
+            .or_else(|| {
+                conf.get("migrate_speed")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|v| *v > 0)
+                    .map(|mb| mb * 1024 * 1024)
+            })
+            .unwrap_or(16 << 30);
+        enable_caps(&owner, &["events", "auto-converge"]).await?;
+        owner
+            .raw(
+                "migrate-set-parameters",
+                Some(json!({
+                    "downtime-limit": (downtime * 1000.0).round().clamp(1.0, 2_000_000.0) as u64,
+                    "max-bandwidth": bandwidth,
+                })),
+            )
+            .await?;
+        let port = prepared
+            .migrate_port
+            .ok_or_else(|| mig("the target gave no migration port"))?;
+        let uri = format!("tcp:{host}:{port}");
+        log.log(format!("start migrate command to {uri}"));
+        owner.raw("migrate", Some(json!({ "uri": uri }))).await?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        let status = loop {
+            tokio::select! {
+                ev = events.recv() => {
+                    if let Ok(ev) = ev {
+                        if ev.name == "MIGRATION" {
+                            let s = ev.data["status"].as_str().unwrap_or_default().to_string();
+                            if matches!(s.as_str(), "completed" | "failed" | "cancelled") {
+                                break s;
+                            }
+                        }
+                        if ev.name == "BLOCK_JOB_ERROR" || (ev.name == "BLOCK_JOB_COMPLETED" && ev.data.get("error").is_some()) {
+                            return Err(mig(format!("mirror failed: {}", ev.data)));
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let info = owner.raw("query-migrate", None).await?;
+                    let s = info["status"].as_str().unwrap_or_default().to_string();
+                    if matches!(s.as_str(), "completed" | "failed" | "cancelled") {
+                        break s;
+                    }
+                    let ram = &info["ram"];
+                    log.log(format!(
+                        "migration {s}, transferred {} of {} VM-state, {}/s",
+                        human_bytes(ram["transferred"].as_f64().unwrap_or(0.0)),
+                        human_bytes(ram["total"].as_f64().unwrap_or(0.0)),
+                        human_bytes(ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0),
+                    ));
+                }
+                _ = lost.changed() => {
+                    let why = lost.borrow().clone().unwrap_or_default();
+                    return Err(mig(format!("lost the target node: {why}")));
+                }
+            }
+        };
+        if status != "completed" {
+            let info = owner.raw("query-migrate", None).await.unwrap_or_default();
+            return Err(mig(format!(
+                "migration status: {status}{}",
+                info["error-desc"]
+                    .as_str()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            )));
+        }
+        // The first `completed` answer may come before QEMU filled in the figures.
+        let mut info = owner.raw("query-migrate", None).await?;
+        for _ in 0..20 {
+            if info["downtime"].as_u64().unwrap_or(0) > 0
+                && info["total-time"].as_u64().unwrap_or(0) > 0
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            info = owner.raw("query-migrate", None).await?;
+        }
+        let total_ms = info["total-time"].as_u64().unwrap_or(0);
+        let transferred = info["ram"]["transferred"].as_f64().unwrap_or(0.0);
+        log.log(format!(
+            "migration completed, transferred {} VM-state",
+            human_bytes(transferred)
+        ));
+        let per_sec = if total_ms > 0 {
+            transferred * 1000.0 / total_ms as f64
+        } else {
+            0.0
+        };
+        log.log(format!(
+            "average migration speed: {}/s - downtime {} ms",
+            human_bytes(per_sec),
+            info["downtime"].as_u64().unwrap_or(0)
+        ));
+        // The guest is paused: a cancelled ready mirror copies what is left and stops.
+        for job in std::mem::take(&mut side.jobs) {
+            owner
+                .raw("block-job-cancel", Some(json!({ "device": job })))
+                .await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let jobs = owner.raw("query-block-jobs", None).await?;
+                if !jobs
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|j| j["device"] == job.as_str()))
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    side.jobs.push(job);
+                    return Err(mig("a mirror did not finish"));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            while let Ok(ev) = events.try_recv() {
+                if ev.name == "BLOCK_JOB_COMPLETED" && ev.data.get("error").is_some() {
+                    return Err(mig(format!("mirror failed: {}", ev.data)));
+                }
+            }
+        }
+        let has_net0 = cmdline::nets(&conf.main.props).iter().any(|(i, _)| *i == 0);
+        if let Some(fw) = has_net0.then(|| self.forwards.get(vmid)).flatten() {
+            for host_port in fw.values() {
+                owner
+                    .hmp(&format!("hostfwd_remove net0 tcp:127.0.0.1:{host_port}"))
+                    .await?;
+            }
+            side.forwards_removed = Some(fw);
+        }
+        Ok(())
+    }
+
+    async fn wait_mirrors_ready(
+        &self,
+        owner: &OwnerHandle,
+        jobs: &[String],
+        lost: &mut tokio::sync::watch::Receiver<Option<String>>,
+        log: &TaskContext,
+    ) -> Result<(), VmError> {
+        let mut last_log = Instant::now();
+        loop {
+            if lost.has_changed().unwrap_or(false) {
+                let why = lost.borrow().clone().unwrap_or_default();
+                return Err(mig(format!("lost the target node: {why}")));
+            }
+            let list = owner.raw("query-block-jobs", None).await?;
+            let list = list.as_array().cloned().unwrap_or_default();
+            let mut all_ready = true;
+            let mut lines = Vec::new();
+            for job in jobs {
+                let Some(j) = list.iter().find(|j| j["device"] == job.as_str()) else {
+                    return Err(mig(format!("mirror job {job} ended early")));
+                };
+                let (len, off) = (
+                    j["len"].as_f64().unwrap_or(0.0),
+                    j["offset"].as_f64().unwrap_or(0.0),
+                );
+                let ready = j["ready"].as_bool().unwrap_or(false);
+                all_ready &= ready;
+                lines.push(format!(
+                    "{job}: transferred {} of {} ({:.2}%){}",
+                    human_bytes(off),
+                    human_bytes(len),
+                    if len > 0.0 { off * 100.0 / len } else { 100.0 },
+                    if ready { ", ready" } else { "" }
+                ));
+            }
+            if all_ready || last_log.elapsed() >= Duration::from_secs(1) {
+                for l in lines {
+                    log.log(l);
+                }
+                last_log = Instant::now();
+            }
+            if all_ready {
+                log.log("all mirroring jobs are ready");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Copies the local disks of a stopped VM into the target's `qemu-nbd` servers, then
+    /// commits.
+    #[allow(clippy::too_many_arguments)]
+    async fn move_offline(
+        &self,
+        req: &MigrateRequest,
+        peer: &Arc<Peer>,
+        base: &str,
+        host: &str,
+        prepared: &Prepared,
+        disks: &[NewDisk],
+        log: &TaskContext,
+    ) -> Result<(), VmError> {
+        let copy = async {
+            for d in disks {
+                let port = prepared
+                    .disk_ports
+                    .get(&d.key)
+                    .ok_or_else(|| mig(format!("the target serves no disk for {}", d.key)))?;
+                let src = self.storage().existing_path(&parse_volid(&d.volid)?)?;
+                log.log(format!("copying disk {} ({})", d.key, d.volid));
+                let mut cmd = tokio::process::Command::new("qemu-img");
+                cmd.args([
+                    "convert",
+                    "-n",
+                    "--target-is-zero",
+                    "-f",
+                    &d.format,
+                    "-O",
+                    "raw",
+                ]);
+                if let Some(k) = req.bwlimit {
+                    cmd.args(["-r", &format!("{}", k * 1024)]);
+                }
+                cmd.arg(&src)
+                    .arg(format!("nbd://{host}:{port}/{}", d.key))
+                    .kill_on_drop(true);
+                let out = cmd.output().await.map_err(VmError::Runtime)?;
+                if !out.status.success() {
+                    return Err(mig(format!(
+                        "copy of {} failed: {}",
+                        d.key,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+            }
+            self.commit(peer, base, json!({ "resume": false }), log)
+                .await
+        }
+        .await;
+        if let Err(e) = copy {
+            log.log(format!("ERROR: {e}"));
+            self.abort_target(peer, base, log).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn commit(
+        &self,
+        peer: &Arc<Peer>,
+        base: &str,
+        body: Value,
+        log: &TaskContext,
+    ) -> Result<(), VmError> {
+        let answer = peer
+            .call_json(&format!("{base}/commit"), &body, CALL_TIMEOUT)
+            .await
+            .map_err(|e| mig(format!("target could not take over: {e}")))?;
+        if let Some(w) = answer["warning"].as_str() {
+            log.log(format!("WARNING: {w}"));
+        }
+        log.log("VM handed over to the target node");
+        Ok(())
+    }
+
+    /// Tells the target to drop the VM; retried while the target does not answer, because
+    /// only its answer says it will never resume the guest.
+    async fn abort_target(&self, peer: &Arc<Peer>, base: &str, log: &TaskContext) {
+        for attempt in 0..5 {
+            match peer
+                .call_json(
+                    &format!("{base}/abort"),
+                    &json!({}),
+                    Duration::from_secs(10),
+                )
+                .await
+            {
+                Ok(_) => {
+                    log.log("target cleaned up");
+                    return;
+                }
+                Err(e) if e.contains("already") => {
+                    log.log(format!("target did not abort: {e}"));
+                    return;
+                }
+                Err(e) => {
+                    if attempt == 4 {
+                        log.log(format!(
+                            "WARNING: target could not be told to clean up ({e}); it will give up by itself"
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// After the switchover: the source's QEMU ends, its config, local volumes and
+    /// forwards go.
+    async fn finish_source(
+        &self,
+        vmid: u32,
+        conf: &VmConfig,
+        disks: &[NewDisk],
+        running: Option<&super::Running>,
+        log: &TaskContext,
+    ) {
+        if let Some(run) = running {
+            if let Err(e) = Self::end_qemu(&run.owner, Duration::from_secs(10), None).await {
+                log.log(format!("WARNING: the source's QEMU did not end: {e}"));
+            }
+        }
+        if let Err(e) = self.store.remove_file(vmid) {
+            log.log(format!("WARNING: old config not removed: {e}"));
+        }
+        let mut volumes: Vec<String> = disks.iter().map(|d| d.volid.clone()).collect();
+        // A local cloud-init drive was made anew on the target.
+        for (key, value) in cmdline::drives(&conf.main.props) {
+            if let Ok(d) = Drive::parse(key, &value, false) {
+                if d.is_cloudinit() {
+                    if let Some(DriveFile::Volume(v)) = d.drive_file() {
+                        if let Ok(v) = parse_volid(&v.to_string()) {
+                            if !self.storage().pool(&v.storage).is_ok_and(|p| p.shared) {
+                                volumes.push(v.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for vol in volumes {
+            if let Ok(v) = parse_volid(&vol) {
+                log.log(format!("removing local volume '{vol}'"));
+                if let Err(e) = self.storage().free(&v) {
+                    log.log(format!("WARNING: {vol} not removed: {e}"));
+                }
+            }
+        }
+        if let Err(e) = self.forwards.release(vmid) {
+            warn!(vmid, error = %e, "forwards not released");
+        }
+    }
+
+    // ---- target side ----
+
+    /// `prepare` on the target.
+    pub async fn incoming_prepare(
+        &self,
+        vmid: u32,
+        req: Prepare,
+        listen: IpAddr,
+    ) -> Result<Prepared, VmError> {
+        let _guard = self.lock(vmid).await?;
+        if self.store.path(vmid).exists() {
+            return Err(VmError::Exists(vmid));
+        }
+        if self.incoming.with(|m| m.contains_key(&vmid)) {
+            return Err(VmError::Exists(vmid));
+        }
+        if !self.store.has_owner_records() {
+            return Err(VmError::Refused(
+                "this node has no shared storage for the VM's ownership record".into(),
+            ));
+        }
+        match self.store.owner_of(vmid) {
+            Some(n) if n == req.source => {}
+            other => {
+                return Err(VmError::Refused(format!(
+                    "VM {vmid} is not recorded as node '{}''s (record: {})",
+                    req.source,
+                    other.unwrap_or_else(|| "none".into())
+                )))
+            }
+        }
+        if req.live {
+            if req.accel != self.accel.as_str() {
+                return Err(VmError::Refused(format!(
+                    "the source runs VMs with {}, this node with {}",
+                    req.accel,
+                    self.accel.as_str()
+                )));
+            }
+            let ours = self.qemu_version.get().cloned().unwrap_or_default();
+            if version_tuple(&ours) < version_tuple(&req.qemu_version) {
+                return Err(VmError::Refused(format!(
+                    "this node's QEMU {ours} is older than the source's {}",
+                    req.qemu_version
+                )));
+            }
+        }
+        let mut conf = config::parse(&req.config).map_err(|e| VmError::ParseConfig {
+            vmid,
+            msg: e.to_string(),
+        })?;
+        let mut state = Incoming {
+            source: req.source.clone(),
+            volumes: Vec::new(),
+            forwards: false,
+            live: req.live,
+            nbd: false,
+            servers: Vec::new(),
+            renewed: Instant::now(),
+        };
+        match self
+            .prepare_inner(vmid, &req, &mut conf, &mut state, listen)
+            .await
+        {
+            Ok(prepared) => {
+                self.incoming.with(|m| m.insert(vmid, state));
+                if let Some(me) = self.me.upgrade() {
+                    tokio::spawn(async move { me.watch_incoming(vmid).await });
+                }
+                info!(vmid, source = %req.source, "incoming migration prepared");
+                Ok(prepared)
+            }
+            Err(e) => {
+                self.drop_incoming(vmid, state).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn prepare_inner(
+        &self,
+        vmid: u32,
+        req: &Prepare,
+        conf: &mut VmConfig,
+        state: &mut Incoming,
+        listen: IpAddr,
+    ) -> Result<Prepared, VmError> {
+        let mut prepared = Prepared::default();
+        for d in &req.disks {
+            let old = parse_volid(&d.volid)?;
+            self.storage().pool(&d.target_storage)?;
+            let format = ImageFormat::parse(&d.format)?;
+            let name = old
+                .volname
+                .rsplit('/')
+                .next()
+                .unwrap_or(&old.volname)
+                .to_string();
+            let wanted = VolumeId {
+                storage: d.target_storage.clone(),
+                volname: format!("{vmid}/{name}"),
+            };
+            let new = if self.storage().path(&wanted).is_ok_and(|p| !p.exists()) {
+                self.storage()
+                    .alloc_named(&d.target_storage, vmid, &name, d.size, format)
+                    .await?
+            } else {
+                self.storage()
+                    .alloc(&d.target_storage, vmid, d.size, format)
+                    .await?
+            };
+            state.volumes.push(new.clone());
+            rename_volume(&mut conf.main.props, &d.volid, &new.to_string());
+            prepared.volumes.insert(d.volid.clone(), new.to_string());
+        }
+        self.store.create_any(vmid, conf)?;
+        if let Some(fw) = &req.forwards {
+            self.forwards.adopt(vmid, fw)?;
+            state.forwards = true;
+        }
+        if !req.live {
+            // A stopped VM's disks come through one `qemu-nbd` each.
+            for d in &req.disks {
+                let new = parse_volid(&prepared.volumes[&d.volid])?;
+                let path = self.storage().existing_path(&new)?;
+                let port = free_port(listen)?;
+                let child = tokio::process::Command::new("qemu-nbd")
+                    .args(["--format", &d.format, "--cache=none", "--bind"])
+                    .arg(listen.to_string())
+                    .args(["--port", &port.to_string(), "--export-name", &d.key])
+                    .arg(&path)
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(VmError::Runtime)?;
+                state.servers.push(child);
+                prepared.disk_ports.insert(d.key.clone(), port);
+            }
+            // Wait until they accept connections.
+            for port in prepared.disk_ports.values() {
+                let mut ok = false;
+                for _ in 0..100 {
+                    if tokio::net::TcpStream::connect((listen, *port))
+                        .await
+                        .is_ok()
+                    {
+                        ok = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if !ok {
+                    return Err(mig(format!("qemu-nbd on port {port} did not start")));
+                }
+            }
+            return Ok(prepared);
+        }
+
+        // The incoming QEMU: the hardware the source runs (its pending changes are not
+        // applied there), no forwards yet, paused, waiting for the stream.
+        let mut hw = conf.clone();
+        hw.pending = None;
+        if let Some(m) = &req.machine {
+            hw.main.props.insert("machine".into(), m.clone());
+        }
+        let has_local_ci = cmdline::drives(&hw.main.props).into_iter().any(|(k, v)| {
+            Drive::parse(k, &v, false).is_ok_and(|d| {
+                d.is_cloudinit()
+                    && matches!(d.drive_file(), Some(DriveFile::Volume(v))
+                        if parse_volid(&v.to_string()).is_ok_and(|v| !self.storage().pool(&v.storage).is_ok_and(|p| p.shared)))
+            })
+        });
+        if has_local_ci {
+            let mut c = hw.clone();
+            self.regenerate_cloudinit(vmid, &mut c).await?;
+        }
+        let mut cmd = self.command_with(vmid, &hw, None)?;
+        if !cmd.overlays.is_empty() {
+            return Err(VmError::Refused(
+                "can't live migrate drives with snapshot=1".into(),
+            ));
+        }
+        if !cmd.argv.iter().any(|a| a == "-S") {
+            cmd.argv.push("-S".into());
+        }
+        cmd.argv
+            .extend(["-incoming".to_string(), "defer".to_string()]);
+        self.cleanup_runtime(vmid);
+        std::fs::create_dir_all(self.run_dir()).map_err(VmError::Runtime)?;
+        let running = self.launch_attached(vmid, &cmd.argv).await?;
+        let pid = running.owner.pid;
+        let owner = running.owner;
+        if let Some(list) = &cmd.post.affinity {
+            limits::set_affinity(pid, list)
+                .map_err(|e| VmError::Refused(crate::error_chain(&e)))?;
+        }
+        limits::set_cpu_limits(vmid, pid, cmd.post.cpulimit, cmd.post.cpuunits)
+            .map_err(|e| VmError::Refused(crate::error_chain(&e)))?;
+        enable_caps(&owner, &["events", "late-block-activate"]).await?;
+        owner
+            .raw(
+                "migrate-incoming",
+                Some(json!({ "uri": format!("tcp:{listen}:0") })),
+            )
+            .await?;
+        let info = owner.raw("query-migrate", None).await?;
+        let port = info["socket-address"][0]["port"]
+            .as_str()
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or_else(|| mig(format!("no listening port in {info}")))?;
+        prepared.migrate_port = Some(port);
+        if !req.disks.is_empty() {
+            let nbd_port = free_port(listen)?;
+            owner
+                .raw(
+                    "nbd-server-start",
+                    Some(json!({ "addr": { "type": "inet", "data": {
+                        "host": listen.to_string(), "port": nbd_port.to_string() } } })),
+                )
+                .await?;
+            state.nbd = true;
+            let nodes = super::snapshot::volume_disks(&conf.main.props)?;
+            for d in &req.disks {
+                let Some((_, _, node)) = nodes.iter().find(|(k, _, _)| k.to_string() == d.key)
+                else {
+                    return Err(mig(format!("drive {} has no block node", d.key)));
+                };
+                owner
+                    .raw(
+                        "block-export-add",
+                        Some(json!({
+                            "type": "nbd", "id": format!("mig-{}", d.key), "node-name": node,
+                            "writable": true, "name": d.key,
+                        })),
+                    )
+                    .await?;
+            }
+            prepared.nbd_port = Some(nbd_port);
+        }
+        Ok(prepared)
+    }
+
+    /// `status` on the target: the source is still there.
+    pub fn incoming_renew(&self, vmid: u32) -> Result<Value, VmError> {
+        self.incoming.with(|m| match m.get_mut(&vmid) {
+            Some(i) => {
+                i.renewed = Instant::now();
+                let status = self
+                    .running(vmid)
+                    .map(|r| r.owner.info().qmpstatus)
+                    .unwrap_or_else(|| "stopped".into());
+                Ok(json!({ "status": status }))
+            }
+            None => Err(mig(format!("no incoming migration of VM {vmid} here"))),
+        })
+    }
+
+    /// `commit` on the target: the VM becomes this node's, then runs.
+    pub async fn incoming_commit(&self, vmid: u32, resume: bool) -> Result<Value, VmError> {
+        let _guard = self.lock(vmid).await?;
+        let Some(mut state) = self.incoming.with(|m| m.remove(&vmid)) else {
+            return Err(mig(format!("no incoming migration of VM {vmid} here")));
+        };
+        let result = async {
+            // Disk servers of a stopped VM end first, so that everything is on disk.
+            for mut child in state.servers.drain(..) {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            if state.live {
+                let run = self
+                    .running(vmid)
+                    .ok_or_else(|| mig("the incoming QEMU is gone"))?;
+                if state.nbd {
+                    run.owner.raw("nbd-server-stop", None).await?;
+                }
+                if state.forwards {
+                    if let Some(fw) = self.forwards.get(vmid) {
+                        for (guest, host) in fw {
+                            run.owner
+                                .hmp(&format!("hostfwd_add net0 tcp:127.0.0.1:{host}-:{guest}"))
+                                .await
+                                .map_err(VmError::from)
+                                .and_then(|out| {
+                                    if out.trim().is_empty() {
+                                        Ok(())
+                                    } else {
+                                        Err(mig(format!("port {host}: {}", out.trim())))
+                                    }
+                                })?;
+                        }
+                    }
+                }
+            }
+            Ok::<_, VmError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.drop_incoming(vmid, state).await;
+            return Err(e);
+        }
+        // The switchover.
+        if let Err(e) = self.store.set_owner(vmid, &self.node) {
+            self.drop_incoming(vmid, state).await;
+            return Err(e);
+        }
+        info!(vmid, source = %state.source, "VM migrated here");
+        let mut warning = None;
+        if state.live && resume {
+            if let Some(run) = self.running(vmid) {
+                if let Err(e) = run.owner.resume().await {
+                    warning = Some(format!("VM {vmid} moved but did not resume: {e}"));
+                }
+            }
+        }
+        Ok(json!({ "warning": warning }))
+    }
+
+    /// `abort` on the target (also when the source went quiet): everything `prepare` made
+    /// goes.
+    pub async fn incoming_abort(&self, vmid: u32) -> Result<(), VmError> {
+        let _guard = self.lock(vmid).await?;
+        if self.store.exists(vmid) {
+            return Err(mig(format!("VM {vmid} is already this node's")));
+        }
+        let Some(state) = self.incoming.with(|m| m.remove(&vmid)) else {
+            return Ok(());
+        };
+        self.drop_incoming(vmid, state).await;
+        Ok(())
+    }
+
+    async fn drop_incoming(&self, vmid: u32, mut state: Incoming) {
+        for mut child in state.servers.drain(..) {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        if let Some(run) = self.running(vmid) {
+            if let Err(e) = Self::end_qemu(&run.owner, Duration::from_secs(5), None).await {
+                warn!(vmid, error = %e, "incoming QEMU did not end");
+            }
+        }
+        if self.store.owner_of(vmid).as_deref() != Some(self.node.as_str()) {
+            let _ = self.store.remove_file(vmid);
+        }
+        for v in state.volumes.drain(..) {
+            let _ = self.storage().free(&v);
+        }
+        if state.forwards {
+            let _ = self.forwards.release(vmid);
+        }
+        info!(vmid, "incoming migration dropped");
+    }
+
+    /// Gives up an incoming migration whose source went quiet.
+    async fn watch_incoming(&self, vmid: u32) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let expired = self.incoming.with(|m| match m.get(&vmid) {
+                Some(i) => i.renewed.elapsed() > LEASE,
+                None => false,
+            });
+            let gone = self.incoming.with(|m| !m.contains_key(&vmid));
+            if gone {
+                return;
+            }
+            if expired {
+                warn!(vmid, "source of incoming migration went quiet; giving up");
+                let _ = self.incoming_abort(vmid).await;
+                return;
+            }
+        }
+    }
+
+    /// At agent start: configs of VMs another node's record claims are what an interrupted
+    /// migration left here (an incoming one that never committed, or the source's copy of
+    /// one that did): their QEMU, local volumes and forwards go.
+    pub async fn clean_foreign(&self) {
+        for (vmid, owner) in self.store.foreign() {
+            warn!(vmid, owner = %owner, "removing the leftovers of a migration (the VM is node '{owner}''s)");
+            let run = self.run_dir();
+            if let Some(pid) = process::read_pidfile(&cmdline::pid_file(&run, vmid)) {
+                if self.is_vm_process(vmid, pid) {
+                    let _ = process::terminate(pid, Duration::from_secs(5)).await;
+                }
+            }
+            self.cleanup_runtime(vmid);
+            if let Ok(loaded) = self.store.load_any(vmid) {
+                for vol in super::update::referenced_volumes(&loaded.conf) {
+                    if let Ok(v) = parse_volid(&vol) {
+                        let local = !self.storage().pool(&v.storage).is_ok_and(|p| p.shared);
+                        let its_own = matches!(v.kind(), hemiron_pve::volume::VolumeKind::Image { vmid: o, .. } if o == vmid);
+                        if local && its_own {
+                            let _ = self.storage().free(&v);
+                        }
+                    }
+                }
+            }
+            let _ = self.store.remove_file(vmid);
+            let _ = self.forwards.release(vmid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_maps() {
+        let m = StorageMap::parse(&["local:fast".into(), "big".into()]).unwrap();
+        assert_eq!(m.target_of("local"), "fast");
+        assert_eq!(m.target_of("other"), "big");
+        let id = StorageMap::parse(&["1".into()]).unwrap();
+        assert_eq!(id.target_of("local"), "local");
+        assert!(StorageMap::parse(&["a".into(), "b".into()]).is_err());
+        assert!(StorageMap::parse(&["a:b".into(), "a:c".into()]).is_err());
+    }
+
+    #[test]
+    fn volumes_are_renamed_in_drive_lines() {
+        let mut props = BTreeMap::new();
+        props.insert(
+            "scsi0".into(),
+            "local:100/vm-100-disk-0.qcow2,size=1G".into(),
+        );
+        props.insert(
+            "scsi1".into(),
+            "local:100/vm-100-disk-0.qcow2x,size=1G".into(),
+        );
+        props.insert("unused0".into(), "local:100/vm-100-disk-0.qcow2".into());
+        rename_volume(
+            &mut props,
+            "local:100/vm-100-disk-0.qcow2",
+            "fast:100/vm-100-disk-0.qcow2",
+        );
+        assert_eq!(props["scsi0"], "fast:100/vm-100-disk-0.qcow2,size=1G");
+        assert_eq!(props["scsi1"], "local:100/vm-100-disk-0.qcow2x,size=1G");
+        assert_eq!(props["unused0"], "fast:100/vm-100-disk-0.qcow2");
+    }
+
+    #[test]
+    fn sizes_read_as_proxmox_prints_them() {
+        assert_eq!(human_bytes(512.0), "512 B");
+        assert_eq!(human_bytes(1536.0 * 1024.0 * 1024.0), "1.5 GiB");
+        assert!(version_tuple("7.2.22") > version_tuple("7.2.9"));
+    }
+}

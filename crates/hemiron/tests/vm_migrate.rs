@@ -1,0 +1,356 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Live and offline migration between two real node agents on one machine (own data dirs,
+//! one shared storage directory, one cluster file), while a client polls the guest's
+//! forwarded port every 10 ms. Named `vm_*` so nextest runs it with the VM tests.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{create_vm, forward, wait_for, wait_guest, Agent, Api};
+use serde_json::Value;
+
+/// Sector of the guest's data disk (`/dev/vda`) the tests mark.
+const SECTOR: u32 = 2048;
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    shared: std::path::PathBuf,
+    n1: Agent,
+    n2: Agent,
+}
+
+fn entry(a: &Agent) -> String {
+    format!(
+        "[[node]]\nname = \"{}\"\nurl = \"{}\"\ntoken = \"root@pam!test={}\"\n",
+        a.name,
+        a.url.trim_end_matches("/api2/json"),
+        a.token
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    common::replace_file(path, text);
+}
+
+fn cluster() -> Cluster {
+    let dir = tempfile::Builder::new()
+        .prefix("hmig")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let file = dir.path().join("cluster.toml");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    write(
+        &file,
+        "[[node]]\nname = \"n1\"\nurl = \"http://127.0.0.1:9\"\ntoken = \"root@pam!test=x\"\n\
+         [[node]]\nname = \"n2\"\nurl = \"http://127.0.0.1:9\"\ntoken = \"root@pam!test=x\"\n",
+    );
+    let args = [
+        "--cluster-config",
+        file.to_str().unwrap(),
+        "--shared-storage",
+        shared.to_str().unwrap(),
+    ];
+    let n1 = Agent::start_named("n1", true, &args);
+    let n2 = Agent::start_named("n2", true, &args);
+    write(&file, &(entry(&n1) + &entry(&n2)));
+    // Both see each other once the file is read again.
+    wait_for("cluster to form", Duration::from_secs(30), || {
+        let nodes = n1.api().get("/nodes", &[]).ok();
+        let online = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["status"] == "online")
+            .count();
+        (online == 2).then_some(())
+    });
+    Cluster {
+        _dir: dir,
+        shared,
+        n1,
+        n2,
+    }
+}
+
+/// VMIDs a node lists.
+fn listed(api: &Api, node: &str) -> Vec<u64> {
+    api.get(&format!("/nodes/{node}/qemu"), &[])
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["vmid"].as_u64())
+        .collect()
+}
+
+fn task_log(api: &Api, node: &str, upid: &str) -> String {
+    let log = api
+        .get(
+            &format!("/nodes/{node}/tasks/{upid}/log"),
+            &[("limit", "5000")],
+        )
+        .ok();
+    log.as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["t"].as_str().unwrap_or_default().to_string() + "\n")
+        .collect()
+}
+
+/// Runs a migration task to its end: (exit status, log).
+fn migrate(api: &Api, from: &str, vmid: u32, params: &[(&str, &str)]) -> (String, String) {
+    let upid = api
+        .post(&format!("/nodes/{from}/qemu/{vmid}/migrate"), params)
+        .ok();
+    let upid = upid.as_str().unwrap().to_string();
+    let st = api.wait_task(from, &upid, Duration::from_secs(300));
+    (
+        st["exitstatus"].as_str().unwrap_or_default().to_string(),
+        task_log(api, from, &upid),
+    )
+}
+
+/// The downtime the task log reports.
+fn downtime_ms(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("average migration speed:"))
+        .unwrap_or_else(|| panic!("no downtime line in:\n{log}"));
+    line.rsplit("downtime ")
+        .next()
+        .unwrap()
+        .trim_end_matches(" ms")
+        .parse()
+        .unwrap()
+}
+
+/// A client that GETs the guest's page every 10 ms and records the longest time between
+/// two answers and how many requests failed.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<(Duration, u64, u64)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Poller {
+    fn start(web: &str) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new((Duration::ZERO, 0u64, 0u64)));
+        let (s, st, web) = (stop.clone(), stats.clone(), web.to_string());
+        let thread = std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let mut last_ok = Instant::now();
+            while !s.load(Ordering::SeqCst) {
+                let ok = client
+                    .get(format!("http://{web}/"))
+                    .send()
+                    .and_then(|r| r.error_for_status())
+                    .and_then(|r| r.text())
+                    .is_ok_and(|t| !t.is_empty());
+                let mut g = st.lock().unwrap();
+                if ok {
+                    g.0 = g.0.max(last_ok.elapsed());
+                    last_ok = Instant::now();
+                    g.1 += 1;
+                } else {
+                    g.2 += 1;
+                }
+                drop(g);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Poller {
+            stop,
+            stats,
+            thread: Some(thread),
+        }
+    }
+
+    /// (longest gap, answers, failures)
+    fn finish(mut self) -> (Duration, u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        *self.stats.lock().unwrap()
+    }
+}
+
+fn boot_id(web: &str) -> String {
+    common::guest_run(web, "cat /proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Starts VM `vmid` on `node` and returns its guest's web address once it answers.
+fn start(api: &Api, node: &str, vmid: u32) -> String {
+    api.task_ok(
+        node,
+        "POST",
+        &format!("/nodes/{node}/qemu/{vmid}/status/start"),
+        &[],
+    );
+    let web = forward(api, node, vmid, 80);
+    wait_guest(&web);
+    web
+}
+
+/// Migrates a running VM while the poller runs; checks that it lands whole.
+fn live_move(
+    c: &Cluster,
+    vmid: u32,
+    from: (&Api, &str),
+    to: (&Api, &str),
+    params: &[(&str, &str)],
+) {
+    let web = forward(from.0, from.1, vmid, 80);
+    let boot = boot_id(&web);
+    let marker = format!("BEFORE-{vmid}-{}", from.1);
+    common::write_disk_marker(&web, SECTOR, &marker);
+    let poller = Poller::start(&web);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut all = vec![("target", to.1), ("online", "1")];
+    all.extend_from_slice(params);
+    let (status, log) = migrate(from.0, from.1, vmid, &all);
+    std::thread::sleep(Duration::from_millis(500));
+    let (gap, answers, failures) = poller.finish();
+    assert_eq!(status, "OK", "{log}");
+    let downtime = downtime_ms(&log);
+    eprintln!("VM {vmid} {} -> {}: downtime {downtime} ms, client gap {gap:?}, {answers} answers, {failures} failures", from.1, to.1);
+    assert!(downtime > 0, "{log}");
+    assert!(
+        failures <= 1,
+        "requests failed during the migration:\n{log}"
+    );
+    assert!(gap <= Duration::from_secs(1), "client gap {gap:?}:\n{log}");
+    // Exactly one node lists it, the target, running, on the same forwarded port.
+    assert!(!listed(from.0, from.1).contains(&(vmid as u64)));
+    assert!(listed(to.0, to.1).contains(&(vmid as u64)));
+    let st =
+        to.0.get(&format!("/nodes/{}/qemu/{vmid}/status/current", to.1), &[])
+            .ok();
+    assert_eq!(st["qmpstatus"], "running", "{st}");
+    assert_eq!(forward(to.0, to.1, vmid, 80), web);
+    // The same guest, not a reboot, with its disk data.
+    assert_eq!(boot_id(&web), boot);
+    assert_eq!(common::read_disk_marker(&web, SECTOR), marker);
+    let _ = c;
+}
+
+#[test]
+fn vm_live_migration_with_shared_and_local_disks() {
+    let c = cluster();
+    let (a1, a2) = (c.n1.api(), c.n2.api());
+    let image = common::guest_image();
+
+    // Shared storage: boot and data disk both on it.
+    let boot = format!("shared:0,import-from={}", image.display());
+    create_vm(
+        &a1,
+        "n1",
+        100,
+        &[("scsi0", &boot), ("virtio1", "shared:0.0625")],
+    );
+    start(&a1, "n1", 100);
+    live_move(&c, 100, (&a1, "n1"), (&a2, "n2"), &[]);
+    // The source kept nothing: no config, no QEMU, and the shared disks are the target's.
+    assert!(c.n1.qemu_pids().is_empty());
+    assert!(!c.n1.data_dir().join("qemu-server/100.conf").exists());
+    assert!(c.shared.join("images/100/vm-100-disk-0.qcow2").exists());
+    // And back again.
+    live_move(&c, 100, (&a2, "n2"), (&a1, "n1"), &[]);
+
+    // Local disks: refused without with-local-disks, and the VM runs on.
+    let boot = format!("local:0,import-from={}", image.display());
+    create_vm(
+        &a1,
+        "n1",
+        101,
+        &[("scsi0", &boot), ("virtio1", "local:0.0625")],
+    );
+    let web = start(&a1, "n1", 101);
+    let (status, log) = migrate(&a1, "n1", 101, &[("target", "n2"), ("online", "1")]);
+    assert_ne!(status, "OK");
+    assert!(
+        log.contains("can't live migrate attached local disks without with-local-disks option"),
+        "{log}"
+    );
+    assert!(common::guest_get(&web, "/").is_some());
+    assert!(listed(&a1, "n1").contains(&101));
+    live_move(
+        &c,
+        101,
+        (&a1, "n1"),
+        (&a2, "n2"),
+        &[("with-local-disks", "1")],
+    );
+    // The source's local volumes are gone, the target has its own.
+    assert!(!c
+        .n1
+        .data_dir()
+        .join("storage/local/images/101/vm-101-disk-1.qcow2")
+        .exists());
+    assert!(c
+        .n2
+        .data_dir()
+        .join("storage/local/images/101/vm-101-disk-1.qcow2")
+        .exists());
+
+    // Offline: a stopped VM with local disks moves with its data.
+    a2.task_ok("n2", "POST", "/nodes/n2/qemu/101/status/stop", &[]);
+    let (status, log) = migrate(&a2, "n2", 101, &[("target", "n1")]);
+    assert_eq!(status, "OK", "{log}");
+    assert!(listed(&a1, "n1").contains(&101));
+    assert!(!listed(&a2, "n2").contains(&101));
+    let web = start(&a1, "n1", 101);
+    assert_eq!(common::read_disk_marker(&web, SECTOR), "BEFORE-101-n1");
+}
+
+#[test]
+fn vm_migration_whose_target_agent_dies_leaves_the_vm_on_the_source() {
+    let mut c = cluster();
+    let a1 = c.n1.api();
+    let image = common::guest_image();
+    let boot = format!("shared:0,import-from={}", image.display());
+    create_vm(&a1, "n1", 110, &[("scsi0", &boot)]);
+    let web = start(&a1, "n1", 110);
+    let boot_before = boot_id(&web);
+    // Slow enough (1 MiB/s) to be mid-transfer when the target's agent dies.
+    let upid = a1
+        .post(
+            "/nodes/n1/qemu/110/migrate",
+            &[("target", "n2"), ("online", "1"), ("bwlimit", "1024")],
+        )
+        .ok();
+    let upid = upid.as_str().unwrap().to_string();
+    wait_for("transfer to start", Duration::from_secs(60), || {
+        task_log(&a1, "n1", &upid)
+            .contains("migration active")
+            .then_some(())
+    });
+    c.n2.kill9();
+    let st = a1.wait_task("n1", &upid, Duration::from_secs(120));
+    let log = task_log(&a1, "n1", &upid);
+    assert_ne!(st["exitstatus"], "OK", "{log}");
+    // Still on the source, running, the same guest.
+    assert!(listed(&a1, "n1").contains(&110));
+    let cur = a1.get("/nodes/n1/qemu/110/status/current", &[]).ok();
+    assert_eq!(cur["qmpstatus"], "running", "{cur}\n{log}");
+    assert_eq!(boot_id(&web), boot_before);
+    // The target's agent, back, removes what the migration left there.
+    c.n2.launch();
+    wait_for("target leftovers removed", Duration::from_secs(30), || {
+        c.n2.qemu_pids().is_empty().then_some(())
+    });
+    assert!(!c.n2.data_dir().join("qemu-server/110.conf").exists());
+    assert!(!listed(&c.n2.api(), "n2").contains(&110));
+    let _: Value = Value::Null;
+}
