@@ -212,18 +212,17 @@ impl Storage {
         })
     }
 
-    /// Copies `source` (a path or a `json:` spec) into a new qcow2 file `target`, its
+    /// Copies `source` (a path or a `json:` spec) into a qcow2 image `target`, its
     /// clusters compressed with `compression` (`zlib`, `zstd`) when given, reading at most
     /// `rate` bytes a second when given.
     pub async fn convert_to_qcow2(
         &self,
         source: &str,
         source_format: ImageFormat,
-        target: &Path,
+        target: ConvertTarget<'_>,
         compression: Option<&str>,
         rate: Option<u64>,
     ) -> Result<(), StorageError> {
-        let target = target.to_string_lossy().into_owned();
         // The source's format is given, never probed: a guest may write any header into a
         // raw disk.
         let mut args = vec![
@@ -234,12 +233,26 @@ impl Storage {
             "-O".into(),
             "qcow2".into(),
         ];
-        if let Some(c) = compression {
-            args.extend(["-c".into(), "-o".into(), format!("compression_type={c}")]);
-        }
         if let Some(r) = rate {
             args.extend(["-r".into(), r.to_string()]);
         }
+        let target = match target {
+            ConvertTarget::NewFile(p) => {
+                if let Some(c) = compression {
+                    args.extend(["-c".into(), "-o".into(), format!("compression_type={c}")]);
+                }
+                p.to_string_lossy().into_owned()
+            }
+            ConvertTarget::Existing(spec) => {
+                // An empty image made beforehand (its header names the compression type):
+                // nothing to create, and zeros need no writing.
+                if compression.is_some() {
+                    args.push("-c".into());
+                }
+                args.extend(["-n".into(), "--target-is-zero".into()]);
+                spec.to_string()
+            }
+        };
         args.extend([source.to_string(), target]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         qemu_img("convert", &args).await.map(|_| ())
@@ -479,6 +492,15 @@ pub enum SnapshotOp {
     Create,
     Apply,
     Delete,
+}
+
+/// Where `convert_to_qcow2` writes.
+#[derive(Debug, Clone, Copy)]
+pub enum ConvertTarget<'a> {
+    /// A file it creates.
+    NewFile(&'a Path),
+    /// An empty qcow2 image that exists already (a path or a `json:` spec).
+    Existing(&'a str),
 }
 
 /// `qemu-img info` of an image, readable while a VM uses it (`-U`).

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 mod image;
 
-pub use image::{image_info, SnapshotOp};
+pub use image::{image_info, ConvertTarget, SnapshotOp};
 use serde::Serialize;
 
 /// Failure of a storage operation.

@@ -12,11 +12,11 @@
 //! A running VM is copied without stopping it and at one instant: QEMU's `blockdev-backup`
 //! for every disk starts in one transaction and copies a block out before the guest may
 //! overwrite it (`mode=suspend` pauses the guest only while the jobs start; `mode=stop`
-//! shuts it down, copies, and starts it again). The tar members are plain files, so a
-//! restore reads a disk straight out of the archive (QEMU's `raw` driver with an offset).
+//! shuts it down, copies, and starts it again). Disk members are written in place, not
+//! copied in (see [`super::archive`]), and are contiguous, so a restore reads a disk
+//! straight out of the archive (QEMU's `raw` driver with an offset).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,10 +26,11 @@ use hemiron_pve::prune::{Backup, Mark, PruneOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::archive::ArchiveWriter;
 use super::lifecycle::{StartOptions, StopOptions};
 use super::template::wait_job;
 use super::{VmError, VmManager};
-use crate::storage::{parse_volid, BackupName, ImageFormat, VolumeId};
+use crate::storage::{parse_volid, BackupName, ConvertTarget, ImageFormat, VolumeId};
 use crate::tasks::TaskContext;
 
 const FORMAT: &str = "hemiron-vzdump-1";
@@ -319,15 +320,7 @@ impl Archive {
         // QEMU's raw driver takes whole sectors; tar pads every member to 512 bytes with
         // zeros, which the image does not read.
         let size = size.div_ceil(512) * 512;
-        let spec = json!({
-            "driver": "qcow2",
-            "file": {
-                "driver": "raw",
-                "offset": offset,
-                "size": size,
-                "file": { "driver": "file", "filename": self.path.to_string_lossy() },
-            },
-        });
+        let spec = ArchiveWriter::qcow2_spec(&self.path, offset, Some(size));
         Ok(format!("json:{spec}"))
     }
 }
@@ -419,69 +412,113 @@ impl VmManager {
             compress: req.compress,
             disks: Vec::new(),
         };
-        let mut files = Vec::new();
         for (key, volid, _) in &disks {
             let size = self.storage().volume_size(volid).await?;
-            let file = format!("disk-{key}.qcow2");
-            files.push(scratch.0.join(&file));
             index.disks.push(IndexDisk {
                 key: key.to_string(),
                 volid: volid.to_string(),
                 size,
-                file,
+                file: format!("disk-{key}.qcow2"),
             });
         }
         let rate = req.bwlimit_kib.filter(|r| *r > 0).map(|r| r * 1024);
-        match self.running(vmid) {
-            Some(run) => {
-                for (d, path) in index.disks.iter().zip(&files) {
-                    self.storage()
-                        .create_qcow2(path, d.size, req.compress.qcow2_type())
-                        .await?;
-                }
-                // Suspend mode pauses a running guest while the jobs start (a guest paused
-                // already stays paused).
-                let suspend = req.mode == Mode::Suspend && run.owner.info().qmpstatus != "paused";
-                self.live_backup(&run.owner, &disks, &files, req.compress, rate, suspend, log)
-                    .await?;
-            }
-            None => {
-                for ((_, volid, _), path) in disks.iter().zip(&files) {
-                    let src = self.storage().existing_path(volid)?;
-                    let format = crate::storage::volume_format(volid).unwrap_or(ImageFormat::Raw);
-                    log.log(format!("copying {volid}"));
-                    self.storage()
-                        .convert_to_qcow2(
-                            &src.to_string_lossy(),
-                            format,
-                            path,
-                            req.compress.qcow2_type(),
-                            rate,
-                        )
-                        .await?;
-                }
-            }
-        }
         let conf_text = hemiron_pve::config::write(&saved)
             .map_err(|e| VmError::Refused(format!("config not written: {e}")))?;
         let index_json = serde_json::to_vec_pretty(&index)
             .map_err(|e| VmError::Refused(format!("index not written: {e}")))?;
+        let unwritten = |e: std::io::Error| VmError::Refused(format!("archive not written: {e}"));
         let tmp = scratch.0.join("archive.tar");
-        let (tmp2, members) = (
-            tmp.clone(),
-            index
-                .disks
-                .iter()
-                .map(|d| d.file.clone())
-                .collect::<Vec<_>>(),
-        );
-        let conf_bytes = conf_text.into_bytes();
-        tokio::task::spawn_blocking(move || {
-            write_archive(&tmp2, &index_json, &conf_bytes, &members, &files)
-        })
-        .await
-        .map_err(|e| VmError::Refused(format!("archive not written: {e}")))?
-        .map_err(|e| VmError::Refused(format!("archive not written: {e}")))?;
+        let mut archive = ArchiveWriter::create(&tmp, crate::tasks::unix_now().max(0) as u64)
+            .map_err(unwritten)?;
+        archive
+            .add_data("index.json", &index_json)
+            .map_err(unwritten)?;
+        archive
+            .add_data("qemu-server.conf", conf_text.as_bytes())
+            .map_err(unwritten)?;
+        let compression = req.compress.qcow2_type();
+        match self.running(vmid) {
+            Some(run) => {
+                // The jobs run at once, so one disk at most grows in place at the end of
+                // the archive; the others go to scratch files, copied in afterwards.
+                let mut targets = Vec::new();
+                let mut in_place = None;
+                let mut others = Vec::new();
+                for (n, d) in index.disks.iter().enumerate() {
+                    if n == 0 {
+                        let start = self.empty_qcow2(&scratch.0, d.size, compression).await?;
+                        let member = archive.begin_in_place(&start).map_err(unwritten)?;
+                        targets.push(ArchiveWriter::qcow2_spec(
+                            archive.path(),
+                            member.data_at,
+                            None,
+                        ));
+                        in_place = Some(member);
+                    } else {
+                        let path = scratch.0.join(&d.file);
+                        self.storage()
+                            .create_qcow2(&path, d.size, compression)
+                            .await?;
+                        targets.push(json!({
+                            "driver": "qcow2",
+                            "file": { "driver": "file", "filename": path.to_string_lossy() },
+                        }));
+                        others.push((d.file.clone(), path));
+                    }
+                }
+                // Suspend mode pauses a running guest while the jobs start (a guest paused
+                // already stays paused).
+                let suspend = req.mode == Mode::Suspend && run.owner.info().qmpstatus != "paused";
+                self.live_backup(
+                    &run.owner,
+                    &disks,
+                    &targets,
+                    req.compress,
+                    rate,
+                    suspend,
+                    log,
+                )
+                .await?;
+                if let (Some(member), Some(d)) = (in_place, index.disks.first()) {
+                    archive.end_in_place(member, &d.file).map_err(unwritten)?;
+                }
+                archive = tokio::task::spawn_blocking(move || {
+                    for (name, path) in &others {
+                        archive.add_file(name, path)?;
+                    }
+                    Ok::<_, std::io::Error>(archive)
+                })
+                .await
+                .map_err(|e| VmError::Refused(format!("archive not written: {e}")))?
+                .map_err(unwritten)?;
+            }
+            None => {
+                // One disk after the other, each written by qemu-img straight into the
+                // archive.
+                for ((_, volid, _), d) in disks.iter().zip(&index.disks) {
+                    let src = self.storage().existing_path(volid)?;
+                    let format = crate::storage::volume_format(volid).unwrap_or(ImageFormat::Raw);
+                    log.log(format!("copying {volid}"));
+                    let start = self.empty_qcow2(&scratch.0, d.size, compression).await?;
+                    let member = archive.begin_in_place(&start).map_err(unwritten)?;
+                    let spec = ArchiveWriter::qcow2_spec(archive.path(), member.data_at, None);
+                    self.storage()
+                        .convert_to_qcow2(
+                            &src.to_string_lossy(),
+                            format,
+                            ConvertTarget::Existing(&format!("json:{spec}")),
+                            compression,
+                            rate,
+                        )
+                        .await?;
+                    archive.end_in_place(member, &d.file).map_err(unwritten)?;
+                }
+            }
+        }
+        tokio::task::spawn_blocking(move || archive.finish())
+            .await
+            .map_err(|e| VmError::Refused(format!("archive not written: {e}")))?
+            .map_err(unwritten)?;
         let target = dump.join(&name);
         std::fs::rename(&tmp, &target)
             .map_err(|e| VmError::Refused(format!("archive not stored: {e}")))?;
@@ -512,7 +549,7 @@ impl VmManager {
         &self,
         owner: &super::owner::OwnerHandle,
         disks: &[(hemiron_pve::views::DriveKey, VolumeId, String)],
-        files: &[PathBuf],
+        targets: &[serde_json::Value],
         compress: Compress,
         rate: Option<u64>,
         suspend: bool,
@@ -528,18 +565,11 @@ impl VmManager {
         };
         let result = async {
             let mut actions = Vec::new();
-            for (i, ((_, _, node), path)) in disks.iter().zip(files).enumerate() {
+            for (i, ((_, _, node), spec)) in disks.iter().zip(targets).enumerate() {
                 let target = format!("backup-{tag}-{i}");
-                owner
-                    .raw(
-                        "blockdev-add",
-                        Some(json!({
-                            "driver": "qcow2",
-                            "node-name": target,
-                            "file": { "driver": "file", "filename": path.to_string_lossy() },
-                        })),
-                    )
-                    .await?;
+                let mut spec = spec.clone();
+                spec["node-name"] = json!(target);
+                owner.raw("blockdev-add", Some(spec)).await?;
                 set_up.nodes.push(target.clone());
                 let job = format!("{target}-job");
                 let mut data = json!({
@@ -583,6 +613,23 @@ impl VmManager {
         .await;
         set_up.close(result.is_err()).await;
         result
+    }
+
+    /// The bytes of an empty qcow2 image of `size` bytes: what an in-place member starts
+    /// with.
+    async fn empty_qcow2(
+        &self,
+        scratch: &Path,
+        size: u64,
+        compression: Option<&str>,
+    ) -> Result<Vec<u8>, VmError> {
+        let path = scratch.join(format!("empty-{}.qcow2", rand::random::<u32>()));
+        self.storage()
+            .create_qcow2(&path, size, compression)
+            .await?;
+        let bytes = std::fs::read(&path).map_err(VmError::Runtime)?;
+        let _ = std::fs::remove_file(&path);
+        Ok(bytes)
     }
 
     /// Prunes VM `vmid`'s backups on `storage` (protected ones stay).
@@ -777,37 +824,6 @@ fn renew_identity(conf: &mut VmConfig, copy: bool) {
                 .insert(key, uuid::Uuid::new_v4().to_string());
         }
     }
-}
-
-/// Writes the archive: index, config, then the disks, and syncs it to disk.
-fn write_archive(
-    path: &Path,
-    index: &[u8],
-    conf: &[u8],
-    members: &[String],
-    files: &[PathBuf],
-) -> std::io::Result<()> {
-    let file = std::fs::File::create(path)?;
-    let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
-    // Every member stored whole and contiguous: a restore reads disks in place.
-    tar.sparse(false);
-    let mut small = |name: &str, data: &[u8]| {
-        let mut header = tar::Header::new_ustar();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(crate::tasks::unix_now().max(0) as u64);
-        header.set_cksum();
-        tar.append_data(&mut header, name, data)
-    };
-    small("index.json", index)?;
-    small("qemu-server.conf", conf)?;
-    for (name, f) in members.iter().zip(files) {
-        tar.append_path_with_name(f, name)?;
-    }
-    let mut out = tar.into_inner()?;
-    out.flush()?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()
 }
 
 #[cfg(test)]

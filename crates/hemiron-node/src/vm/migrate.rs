@@ -46,6 +46,13 @@ const PING_EVERY: Duration = Duration::from_secs(2);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Proxmox's default `migrate_downtime` (seconds).
 const DEFAULT_DOWNTIME: f64 = 0.1;
+/// The downtime limit a migration starts with (ms), below the configured maximum: QEMU
+/// hands over once the rest fits in this, so an idle or lightly used guest pauses for a
+/// few ms rather than up to the maximum. Raised step by step when the migration does not
+/// converge, as Proxmox raises `migrate_downtime`.
+const FIRST_DOWNTIME_MS: u64 = 20;
+/// Polls without progress before the downtime limit is doubled (Proxmox: 5).
+const STALLED_POLLS: u32 = 5;
 
 /// `targetstorage`: where each source storage's volumes go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -614,16 +621,20 @@ impl VmManager {
                     .map(|mb| mb * 1024 * 1024)
             })
             .unwrap_or(16 << 30);
+        let max_downtime = (downtime * 1000.0).round().clamp(1.0, 2_000_000.0) as u64;
+        let mut limit = max_downtime.min(FIRST_DOWNTIME_MS);
         enable_caps(&owner, &["events", "auto-converge"]).await?;
         owner
             .raw(
                 "migrate-set-parameters",
-                Some(json!({
-                    "downtime-limit": (downtime * 1000.0).round().clamp(1.0, 2_000_000.0) as u64,
-                    "max-bandwidth": bandwidth,
-                })),
+                Some(json!({ "downtime-limit": limit, "max-bandwidth": bandwidth })),
             )
             .await?;
+        log.log(format!(
+            "migration parameters: downtime limit {limit} ms (at most {max_downtime} ms before it is raised), bandwidth {}/s",
+            human_bytes(bandwidth as f64)
+        ));
+        let (mut least_remaining, mut stalled) = (u64::MAX, 0u32);
         let port = prepared
             .migrate_port
             .ok_or_else(|| mig("the target gave no migration port"))?;
@@ -660,6 +671,22 @@ impl VmManager {
                         human_bytes(ram["total"].as_f64().unwrap_or(0.0)),
                         human_bytes(ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0),
                     ));
+                    // A guest that dirties memory as fast as it moves: allow a longer pause.
+                    let remaining = ram["remaining"].as_u64().unwrap_or(0);
+                    if remaining < least_remaining {
+                        least_remaining = remaining;
+                        stalled = 0;
+                    } else {
+                        stalled += 1;
+                    }
+                    if stalled >= STALLED_POLLS && limit < 2_000_000 {
+                        limit = (limit * 2).min(2_000_000);
+                        stalled = 0;
+                        owner
+                            .raw("migrate-set-parameters", Some(json!({ "downtime-limit": limit })))
+                            .await?;
+                        log.log(format!("migration does not converge: downtime limit raised to {limit} ms"));
+                    }
                 }
                 _ = lost.changed() => {
                     let why = lost.borrow().clone().unwrap_or_default();

@@ -4,6 +4,7 @@
 //! 10 s before failing as Proxmox does. The config file is the VM's source of truth; the
 //! running state is the QEMU process, which outlives the agent and is re-adopted on start.
 
+pub mod archive;
 pub mod backup;
 pub mod cloudinit;
 pub mod create;
