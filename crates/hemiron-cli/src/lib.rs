@@ -145,6 +145,15 @@ pub enum VpsCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Move a VPS to another node of its cluster (live if it runs), with a progress bar.
+    Migrate {
+        vps: String,
+        /// The node to move to; the best one when left out.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -424,14 +433,81 @@ async fn follow(g: &Global, api: &Api, job: &Value) -> Result<Value, CliError> {
                 bar.finish_and_clear();
                 return Ok(j);
             }
-            Some("failed") => {
+            Some("failed" | "needs-attention") => {
                 bar.finish_and_clear();
                 return Err(CliError::JobFailed {
                     id,
-                    error: s(&j, "error"),
+                    error: format!("{}: {}", s(&j, "state"), s(&j, "error")),
                 });
             }
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// How far a transfer is, from a progress line such as `migration active, transferred
+/// 90.0 MiB of 256.0 MiB VM-state, 344.7 MiB/s` or `mirror-scsi0: transferred 1.0 GiB of
+/// 2.0 GiB (50.00%)`: a fraction in 0..=1.
+pub fn transfer_fraction(line: &str) -> Option<f64> {
+    let rest = &line[line.find("transferred ")? + "transferred ".len()..];
+    let (done, rest) = rest.split_once(" of ")?;
+    let total: String = rest
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let bytes = |text: &str| -> Option<f64> {
+        let mut parts = text.split_whitespace();
+        let n: f64 = parts.next()?.parse().ok()?;
+        let unit = parts.next()?.trim_end_matches(',');
+        let scale = match unit {
+            "B" => 1.0,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+            _ => return None,
+        };
+        Some(n * scale)
+    };
+    let (d, t) = (bytes(done)?, bytes(&total)?);
+    (t > 0.0 && d.is_finite()).then(|| (d / t).clamp(0.0, 1.0))
+}
+
+/// Follows a migration job with a progress bar of its transfer.
+async fn follow_migration(g: &Global, api: &Api, job: &Value) -> Result<Value, CliError> {
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    let bar = if g.json || !std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(1000)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {percent:>3}% {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    loop {
+        let j = api.get(&format!("/jobs/{id}")).await?;
+        let progress = s(&j, "progress");
+        if let Some(f) = transfer_fraction(&progress) {
+            bar.set_position((f * 1000.0) as u64);
+        }
+        bar.set_message(format!("{}: {}", s(&j, "step"), progress));
+        match j["state"].as_str() {
+            Some("succeeded") => {
+                bar.finish_and_clear();
+                return Ok(j);
+            }
+            Some("failed" | "needs-attention") => {
+                bar.finish_and_clear();
+                return Err(CliError::JobFailed {
+                    id,
+                    error: format!("{}: {}", s(&j, "state"), s(&j, "error")),
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
         }
     }
 }
@@ -548,6 +624,28 @@ async fn vps(g: &Global, cmd: VpsCommand) -> Result<(), CliError> {
         VpsCommand::Stop { vps, no_wait } => power(g, &api, &vps, "stop", no_wait).await,
         VpsCommand::Shutdown { vps, no_wait } => power(g, &api, &vps, "shutdown", no_wait).await,
         VpsCommand::Reboot { vps, no_wait } => power(g, &api, &vps, "reboot", no_wait).await,
+        VpsCommand::Migrate { vps, to, no_wait } => {
+            let id = vps_id(&api, &vps).await?;
+            let job = api
+                .post(&format!("/vps/{id}/migrate"), &json!({ "node": to }))
+                .await?;
+            let j = if no_wait {
+                job
+            } else {
+                follow_migration(g, &api, &job).await?
+            };
+            let now = api.get(&format!("/vps/{id}")).await?;
+            print(g, &j, |j| {
+                format!(
+                    "{} {}: VPS {} is on node {}\n",
+                    s(j, "kind"),
+                    s(j, "state"),
+                    s(&now, "name"),
+                    s(&now, "node")
+                )
+            });
+            Ok(())
+        }
         VpsCommand::Delete { vps, no_wait } => {
             let id = vps_id(&api, &vps).await?;
             let job = api.delete_current(&format!("/vps/{id}")).await?;
@@ -729,6 +827,33 @@ async fn token(g: &Global, cmd: TokenCommand) -> Result<(), CliError> {
                 .await?;
             api.delete_current(&format!("/tokens/{id}")).await?;
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn transfer_fractions_of_node_progress_lines() {
+        let f = transfer_fraction(
+            "migration active, transferred 64.0 MiB of 256.0 MiB VM-state, 344.7 MiB/s",
+        );
+        assert_eq!(f, Some(0.25));
+        let f = transfer_fraction("mirror-scsi0: transferred 1.0 GiB of 2.0 GiB (50.00%)");
+        assert_eq!(f, Some(0.5));
+        assert_eq!(transfer_fraction("start migrate command"), None);
+        assert_eq!(transfer_fraction("transferred 1 MiB of 0 B"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_line_gives_a_fraction_or_nothing(line in "\\PC{0,120}") {
+            if let Some(f) = transfer_fraction(&line) {
+                prop_assert!((0.0..=1.0).contains(&f));
+            }
         }
     }
 }

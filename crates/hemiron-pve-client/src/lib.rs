@@ -542,6 +542,43 @@ impl PveClient {
         .await
     }
 
+    /// `GET …/migrate`: where the VM may move and what holds it back.
+    pub async fn migrate_check(
+        &self,
+        node: &str,
+        vmid: u32,
+        target: &str,
+    ) -> Result<serde_json::Value, PveError> {
+        self.get(
+            &format!("/nodes/{node}/qemu/{vmid}/migrate"),
+            &[("target", target.to_string())],
+        )
+        .await
+    }
+
+    /// `POST …/migrate`: the migration task.
+    pub async fn migrate_vm(
+        &self,
+        node: &str,
+        vmid: u32,
+        params: Params<'_>,
+    ) -> Result<String, PveError> {
+        self.start_task(
+            Method::POST,
+            &format!("/nodes/{node}/qemu/{vmid}/migrate"),
+            params,
+        )
+        .await
+    }
+
+    /// Stops a running task (`DELETE /nodes/{node}/tasks/{upid}`).
+    pub async fn stop_task(&self, upid: &str) -> Result<(), PveError> {
+        let node = upid_node(upid).ok_or_else(|| PveError::BadUpid(upid.to_string()))?;
+        self.call::<serde_json::Value>(Method::DELETE, &format!("/nodes/{node}/tasks/{upid}"), &[])
+            .await
+            .map(drop)
+    }
+
     pub async fn task_status(&self, upid: &str) -> Result<TaskStatus, PveError> {
         let node = upid_node(upid).ok_or_else(|| PveError::BadUpid(upid.to_string()))?;
         self.get(&format!("/nodes/{node}/tasks/{upid}/status"), &[])

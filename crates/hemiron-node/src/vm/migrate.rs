@@ -220,7 +220,7 @@ struct SourceSide {
 }
 
 impl SourceSide {
-    async fn undo(&mut self, log: &TaskContext) {
+    async fn undo(&mut self, log: Option<&TaskContext>) {
         let o = &self.owner;
         let _ = o.raw("migrate_cancel", None).await;
         for job in self.jobs.drain(..) {
@@ -253,11 +253,68 @@ impl SourceSide {
                     .hmp(&format!("hostfwd_add net0 tcp:127.0.0.1:{host}-:{guest}"))
                     .await
                 {
-                    log.log(format!(
-                        "WARNING: port forward {host} -> {guest} not restored: {e}"
-                    ));
+                    note(
+                        log,
+                        format!("WARNING: port forward {host} -> {guest} not restored: {e}"),
+                    );
                 }
             }
+        }
+    }
+}
+
+/// A line for the task's log, or (once the task is gone) for the agent's.
+fn note(log: Option<&TaskContext>, msg: impl AsRef<str>) {
+    match log {
+        Some(l) => l.log(msg),
+        None => warn!("{}", msg.as_ref()),
+    }
+}
+
+/// A migration under way on the source, from the target's `prepare` to the end: what it
+/// takes to take it back.
+struct PendingInner {
+    mgr: std::sync::Weak<VmManager>,
+    vmid: u32,
+    peer: Arc<Peer>,
+    base: String,
+    target: String,
+    conf: VmConfig,
+    disks: Vec<NewDisk>,
+    running: Option<super::Running>,
+    side: Option<SourceSide>,
+    pinger: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Takes a migration back (as a task of its own) when its task is stopped midway and the
+/// migration's future dropped.
+struct Pending(Option<PendingInner>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(mut inner) = self.0.take() else {
+            return;
+        };
+        if let Some(h) = inner.pinger.take() {
+            h.abort();
+        }
+        let Some(mgr) = inner.mgr.upgrade() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                warn!(vmid = inner.vmid, "migration interrupted; taking it back");
+                if mgr.take_back(&mut inner, None).await {
+                    mgr.finish_source(
+                        inner.vmid,
+                        &inner.conf,
+                        &inner.disks,
+                        inner.running.as_ref(),
+                        None,
+                    )
+                    .await;
+                }
+            });
         }
     }
 }
@@ -358,31 +415,52 @@ impl VmManager {
             serde_json::from_value(answer).map_err(|e| mig(format!("target answer: {e}")))?;
         log.log(format!("target node '{}' prepared VM {vmid}", req.target));
 
-        let moved = match &running {
-            Some(run) => {
-                self.move_live(
-                    vmid, &conf, &req, &peer, &peer_host, &prepared, &disks, run, log,
-                )
-                .await
+        let mut pending = Pending(Some(PendingInner {
+            mgr: self.me.clone(),
+            vmid,
+            peer: peer.clone(),
+            base: base.clone(),
+            target: req.target.clone(),
+            conf: conf.clone(),
+            disks: disks.clone(),
+            running: running.clone(),
+            side: running.as_ref().map(|run| SourceSide {
+                owner: run.owner.clone(),
+                jobs: Vec::new(),
+                nodes: Vec::new(),
+                forwards_removed: None,
+            }),
+            pinger: None,
+        }));
+        let moved = match (&running, pending.0.as_mut()) {
+            (Some(_), Some(p)) => {
+                self.move_live(vmid, &conf, &req, &peer_host, &prepared, &disks, p, log)
+                    .await
             }
-            None => {
+            _ => {
                 self.move_offline(&req, &peer, &base, &peer_host, &prepared, &disks, log)
                     .await
             }
         };
+        let Some(mut inner) = pending.0.take() else {
+            return Err(mig("the migration's state is gone"));
+        };
+        if let Some(h) = inner.pinger.take() {
+            h.abort();
+        }
         if let Err(e) = moved {
+            log.log(format!("ERROR: {e}"));
             // Was the switchover made after all (a commit whose answer was lost)?
-            if self.store.owner_of(vmid).as_deref() == Some(req.target.as_str()) {
-                log.log(format!(
-                    "WARNING: {e}; but node '{}' owns the VM now",
-                    req.target
-                ));
-            } else {
+            if !self.take_back(&mut inner, Some(log)).await {
                 return Err(e);
             }
+            log.log(format!(
+                "WARNING: {e}; but node '{}' owns the VM now",
+                req.target
+            ));
         }
         // The VM is the target's now: what is left here goes.
-        self.finish_source(vmid, &conf, &disks, running.as_ref(), log)
+        self.finish_source(vmid, &conf, &disks, running.as_ref(), Some(log))
             .await;
         let took = started.elapsed().as_secs();
         log.log(format!(
@@ -475,25 +553,17 @@ impl VmManager {
         vmid: u32,
         conf: &VmConfig,
         req: &MigrateRequest,
-        peer: &Arc<Peer>,
         host: &str,
         prepared: &Prepared,
         disks: &[NewDisk],
-        run: &super::Running,
+        p: &mut PendingInner,
         log: &TaskContext,
     ) -> Result<(), VmError> {
-        let base = format!("/nodes/{}/hemiron/migration/{vmid}", req.target);
-        let mut side = SourceSide {
-            owner: run.owner.clone(),
-            jobs: Vec::new(),
-            nodes: Vec::new(),
-            forwards_removed: None,
-        };
         // The target must hear from us, and we must notice a target that went away.
         let (lost_tx, mut lost_rx) = tokio::sync::watch::channel(None::<String>);
-        let pinger = {
-            let peer = peer.clone();
-            let path = format!("{base}/status");
+        p.pinger = Some({
+            let peer = p.peer.clone();
+            let path = format!("{}/status", p.base);
             tokio::spawn(async move {
                 let mut failures = 0;
                 loop {
@@ -510,46 +580,46 @@ impl VmManager {
                     }
                 }
             })
+        });
+        let Some(side) = p.side.as_mut() else {
+            return Err(mig("the VM has no QEMU to migrate"));
         };
-        let result = self
-            .transfer(
-                vmid,
-                conf,
-                req,
-                host,
-                prepared,
-                disks,
-                &mut side,
-                &mut lost_rx,
-                log,
-            )
-            .await;
-        let result = match result {
-            Ok(()) => {
-                // Hand the forwarded ports over: the source lets go, the target takes them.
-                self.commit(peer, &base, json!({ "resume": true }), log)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        pinger.abort();
-        if let Err(e) = result {
-            log.log(format!("ERROR: {e}"));
-            self.abort_target(peer, &base, log).await;
-            if self.store.owner_of(vmid).as_deref() == Some(req.target.as_str()) {
-                return Err(e);
-            }
+        self.transfer(
+            vmid,
+            conf,
+            req,
+            host,
+            prepared,
+            disks,
+            side,
+            &mut lost_rx,
+            log,
+        )
+        .await?;
+        // Hand the forwarded ports over: the source let go, the target takes them.
+        self.commit(&p.peer, &p.base, json!({ "resume": true }), log)
+            .await
+    }
+
+    /// Takes back a migration that did not complete: the target drops what it made and
+    /// the source's guest runs on. Returns true if the target owns the VM after all (the
+    /// switchover was made; nothing is taken back).
+    async fn take_back(&self, p: &mut PendingInner, log: Option<&TaskContext>) -> bool {
+        self.abort_target(&p.peer, &p.base, log).await;
+        if self.store.owner_of(p.vmid).as_deref() == Some(p.target.as_str()) {
+            return true;
+        }
+        if let Some(side) = p.side.as_mut() {
             side.undo(log).await;
             let status = side.owner.info().qmpstatus;
-            if paused_by_migration(&status) && run.owner.info().alive {
+            if paused_by_migration(&status) && side.owner.is_alive() {
                 match side.owner.resume().await {
-                    Ok(()) => log.log("VM resumed on the source"),
-                    Err(r) => log.log(format!("ERROR: VM could not be resumed here: {r}")),
+                    Ok(()) => note(log, "VM resumed on the source"),
+                    Err(r) => note(log, format!("ERROR: VM could not be resumed here: {r}")),
                 }
             }
-            return Err(e);
         }
-        Ok(())
+        false
     }
 
     /// Mirrors local disks, then migrates RAM and device state; the source's guest is
@@ -868,12 +938,7 @@ impl VmManager {
                 .await
         }
         .await;
-        if let Err(e) = copy {
-            log.log(format!("ERROR: {e}"));
-            self.abort_target(peer, base, log).await;
-            return Err(e);
-        }
-        Ok(())
+        copy
     }
 
     async fn commit(
@@ -896,7 +961,7 @@ impl VmManager {
 
     /// Tells the target to drop the VM; retried while the target does not answer, because
     /// only its answer says it will never resume the guest.
-    async fn abort_target(&self, peer: &Arc<Peer>, base: &str, log: &TaskContext) {
+    async fn abort_target(&self, peer: &Arc<Peer>, base: &str, log: Option<&TaskContext>) {
         for attempt in 0..5 {
             match peer
                 .call_json(
@@ -907,18 +972,19 @@ impl VmManager {
                 .await
             {
                 Ok(_) => {
-                    log.log("target cleaned up");
+                    note(log, "target cleaned up");
                     return;
                 }
                 Err(e) if e.contains("already") => {
-                    log.log(format!("target did not abort: {e}"));
+                    note(log, format!("target did not abort: {e}"));
                     return;
                 }
                 Err(e) => {
                     if attempt == 4 {
-                        log.log(format!(
-                            "WARNING: target could not be told to clean up ({e}); it will give up by itself"
-                        ));
+                        note(
+                            log,
+                            format!("WARNING: target could not be told to clean up ({e}); it will give up by itself"),
+                        );
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -934,15 +1000,15 @@ impl VmManager {
         conf: &VmConfig,
         disks: &[NewDisk],
         running: Option<&super::Running>,
-        log: &TaskContext,
+        log: Option<&TaskContext>,
     ) {
         if let Some(run) = running {
             if let Err(e) = Self::end_qemu(&run.owner, Duration::from_secs(10), None).await {
-                log.log(format!("WARNING: the source's QEMU did not end: {e}"));
+                note(log, format!("WARNING: the source's QEMU did not end: {e}"));
             }
         }
         if let Err(e) = self.store.remove_file(vmid) {
-            log.log(format!("WARNING: old config not removed: {e}"));
+            note(log, format!("WARNING: old config not removed: {e}"));
         }
         let mut volumes: Vec<String> = disks.iter().map(|d| d.volid.clone()).collect();
         // A local cloud-init drive was made anew on the target.
@@ -961,9 +1027,9 @@ impl VmManager {
         }
         for vol in volumes {
             if let Ok(v) = parse_volid(&vol) {
-                log.log(format!("removing local volume '{vol}'"));
+                note(log, format!("removing local volume '{vol}'"));
                 if let Err(e) = self.storage().free(&v) {
-                    log.log(format!("WARNING: {vol} not removed: {e}"));
+                    note(log, format!("WARNING: {vol} not removed: {e}"));
                 }
             }
         }

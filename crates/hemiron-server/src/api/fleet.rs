@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_vps, create_vps))
         .routes(routes!(get_vps, resize_vps, delete_vps))
         .routes(routes!(vps_power))
+        .routes(routes!(migrate_vps))
         .routes(routes!(vps_events))
         .routes(routes!(get_job))
 }
@@ -214,12 +215,16 @@ impl From<VpsRow> for Vps {
 pub struct Job {
     pub id: String,
     /// `vps.create`, `vps.start`, `vps.stop`, `vps.shutdown`, `vps.reboot`, `vps.resize`,
-    /// `vps.delete`.
+    /// `vps.delete`, `vps.migrate`.
     pub kind: String,
-    /// `queued`, `running`, `succeeded` or `failed`.
+    /// `queued`, `running`, `succeeded`, `failed` or `needs-attention` (a migration whose
+    /// VM moved but did not pass verification).
     pub state: String,
     /// The last step reached.
     pub step: String,
+    /// The cluster's last progress report (a migration's transfer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vps_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -233,11 +238,15 @@ pub struct Job {
 
 impl From<JobRow> for Job {
     fn from(j: JobRow) -> Job {
+        let progress = serde_json::from_str::<serde_json::Value>(&j.checkpoint)
+            .ok()
+            .and_then(|c| c["progress"].as_str().map(str::to_string));
         Job {
             id: j.id,
             kind: j.kind,
             state: j.state,
             step: j.step,
+            progress,
             vps_id: j.vps_id,
             error: j.error,
             attempts: j.attempts,
@@ -689,6 +698,36 @@ async fn vps_power(
         _ => return Err(ApiError::NoRoute),
     };
     let (_, job) = vps::power(&app.svc, &caller, &id, op).await?;
+    Ok((StatusCode::ACCEPTED, Json(Job::from(job))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateVps {
+    /// The node to move to (same cluster); the best one when left out.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// Move a VPS to another node of its cluster (live if it runs). Operators only.
+#[utoipa::path(post, path = "/vps/{id}/migrate", tag = "vps", request_body = MigrateVps,
+    params(("id" = String, Path, description = "VPS id")),
+    responses(
+        (status = 202, description = "Accepted; follow the job", body = Job),
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such VPS", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Busy, not placed, or no node can take it", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No such node", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn migrate_vps(
+    State(app): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+    Body(req): Body<MigrateVps>,
+) -> Result<Response, ApiError> {
+    let (_, job) = vps::migrate(&app.svc, &caller, &id, req.node.as_deref()).await?;
     Ok((StatusCode::ACCEPTED, Json(Job::from(job))).into_response())
 }
 

@@ -569,6 +569,100 @@ pub async fn delete(
     Ok((v, job))
 }
 
+/// What a migration job is asked to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigratePayload {
+    /// The node the VPS goes to (same cluster).
+    pub target_node: String,
+    pub target_node_id: String,
+}
+
+/// Moves a VPS to another node of its cluster (an operator's action): `to` names the node,
+/// or the best one (placement's order, anti-affinity kept) is chosen.
+pub async fn migrate(
+    svc: &Services,
+    caller: &Caller,
+    id: &str,
+    to: Option<&str>,
+) -> Result<(VpsRow, JobRow), ServiceError> {
+    let who = caller.who()?;
+    authorize(who, Area::Infra, Access::Write, Owner::Platform)
+        .map_err(|d| ServiceError::denied(d, "VPS"))?;
+    let mut tx = svc.db.begin().await?;
+    let v = for_change(&mut tx, caller, id).await?;
+    if !matches!(v.state.as_str(), "running" | "stopped") {
+        return Err(ServiceError::Conflict(format!("the VPS is {}", v.state)));
+    }
+    let (Some(cluster), Some(node)) = (v.cluster_id.clone(), v.node.clone()) else {
+        return Err(ServiceError::Conflict("the VPS was never placed".into()));
+    };
+    let nodes = store::nodes_tx(&mut tx).await?;
+    let need = Need {
+        vcpus: v.vcpus,
+        memory_mib: v.memory_mib,
+    };
+    let target = match to {
+        Some(name) => {
+            let n = nodes
+                .iter()
+                .find(|n| n.cluster_id == cluster && n.name == name)
+                .ok_or_else(|| {
+                    ServiceError::invalid("node", "no such node in the VPS's cluster")
+                })?;
+            if n.name == node {
+                return Err(ServiceError::invalid(
+                    "node",
+                    "the VPS is on that node already",
+                ));
+            }
+            n.clone()
+        }
+        None => {
+            let excluded = match &v.anti_affinity {
+                Some(group) => store::anti_affinity_nodes(&mut tx, &v.tenant_id, group).await?,
+                None => Vec::new(),
+            };
+            let candidates = nodes
+                .iter()
+                .filter(|n| n.cluster_id == cluster && n.name != node)
+                .map(|n| Candidate {
+                    node: n.clone(),
+                    template_vmid: 0,
+                })
+                .collect();
+            placement::rank(
+                candidates,
+                need,
+                svc.settings.placement,
+                svc.settings.cpu_overcommit,
+                &excluded,
+            )
+            .into_iter()
+            .next()
+            .map(|c| c.node)
+            .ok_or_else(|| {
+                ServiceError::NoCapacity("no other node of the cluster can take the VPS".into())
+            })?
+        }
+    };
+    let payload = MigratePayload {
+        target_node: target.name.clone(),
+        target_node_id: target.id.clone(),
+    };
+    let job = new_job(&mut tx, "vps.migrate", &v, &payload).await?;
+    caller
+        .commit(
+            tx,
+            "vps.migrate",
+            format!("vps:{}", v.id),
+            Some(v.tenant_id.clone()),
+            Some(format!("from={node} to={}", target.name)),
+        )
+        .await?;
+    svc.wakeup.notify();
+    Ok((v, job))
+}
+
 /// A job the caller may see (through its VPS's tenant).
 pub async fn job(svc: &Services, caller: &Caller, id: &str) -> Result<JobRow, ServiceError> {
     let who = caller.who()?;

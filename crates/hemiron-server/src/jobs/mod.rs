@@ -8,6 +8,7 @@
 //! at its next write. Transient failures (the cluster unreachable) put the job back in the
 //! queue with a growing delay; permanent ones undo what the job made and mark it failed.
 
+pub mod migrate;
 pub mod runner;
 pub mod vps_jobs;
 
@@ -115,6 +116,16 @@ impl Claim {
         } else {
             "succeeded"
         };
+        self.finish_state_in(tx, state, error).await
+    }
+
+    /// Ends the job in `state` (`succeeded`, `failed`, `needs-attention`).
+    pub async fn finish_state_in(
+        &self,
+        tx: &mut Tx,
+        state: &str,
+        error: Option<&str>,
+    ) -> Result<(), JobError> {
         if !jobs::finish(
             tx,
             &self.job.id,

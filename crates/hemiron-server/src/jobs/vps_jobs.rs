@@ -28,13 +28,13 @@ pub struct CreateCheckpoint {
     pub clone_upid: Option<String>,
 }
 
-struct Target {
-    vps: VpsRow,
-    client: PveClient,
-    node: String,
+pub(super) struct Target {
+    pub(super) vps: VpsRow,
+    pub(super) client: PveClient,
+    pub(super) node: String,
 }
 
-async fn target(svc: &Services, claim: &Claim) -> Result<Target, JobError> {
+pub(super) async fn target(svc: &Services, claim: &Claim) -> Result<Target, JobError> {
     let vps_id = claim
         .job
         .vps_id
@@ -57,7 +57,7 @@ async fn target(svc: &Services, claim: &Claim) -> Result<Target, JobError> {
 }
 
 /// Whether a Proxmox error says the VM does not exist.
-fn is_missing(e: &PveError) -> bool {
+pub(super) fn is_missing(e: &PveError) -> bool {
     match e {
         PveError::Api {
             status, message, ..
@@ -78,7 +78,7 @@ async fn config_of(
     }
 }
 
-fn vmid_u32(vmid: i64) -> Result<u32, JobError> {
+pub(super) fn vmid_u32(vmid: i64) -> Result<u32, JobError> {
     u32::try_from(vmid).map_err(|_| JobError::Permanent(format!("bad VM id {vmid}")))
 }
 
@@ -90,7 +90,7 @@ fn is_ours(config: &std::collections::BTreeMap<String, serde_json::Value>, vps_i
 }
 
 /// Waits until the VM holds no lock (a clone or other task still running on it).
-async fn wait_unlocked(t: &Target, vmid: i64) -> Result<(), JobError> {
+pub(super) async fn wait_unlocked(t: &Target, vmid: i64) -> Result<(), JobError> {
     let deadline = Instant::now() + TASK_TIMEOUT;
     loop {
         let s = t.client.vm_status(&t.node, vmid_u32(vmid)?).await?;
@@ -360,7 +360,7 @@ async fn complete(
 }
 
 /// Writes a VPS whose version may have moved on (a reconciler write): re-reads and re-applies.
-async fn save(tx: &mut Tx, vps: &mut VpsRow) -> Result<(), JobError> {
+pub(super) async fn save(tx: &mut Tx, vps: &mut VpsRow) -> Result<(), JobError> {
     let mut current = store::vps_tx(tx, &vps.id)
         .await?
         .ok_or_else(|| JobError::Permanent("the VPS is gone".into()))?;
@@ -368,6 +368,7 @@ async fn save(tx: &mut Tx, vps: &mut VpsRow) -> Result<(), JobError> {
     current.memory_mib = vps.memory_mib;
     current.disk_gib = vps.disk_gib;
     current.vmid = vps.vmid;
+    current.node = vps.node.clone();
     current.state = vps.state.clone();
     current.power = vps.power.clone();
     current.ssh_address = vps.ssh_address.clone();
@@ -381,7 +382,12 @@ async fn save(tx: &mut Tx, vps: &mut VpsRow) -> Result<(), JobError> {
     Ok(())
 }
 
-async fn add_event(tx: &mut Tx, vps: &VpsRow, kind: &str, detail: &str) -> Result<(), JobError> {
+pub(super) async fn add_event(
+    tx: &mut Tx,
+    vps: &VpsRow,
+    kind: &str,
+    detail: &str,
+) -> Result<(), JobError> {
     let e = EventRow {
         id: new_id(),
         at: now_ms(),
