@@ -173,6 +173,14 @@ fn expected(op: &str, role: Role, scope: Scope) -> Option<u16> {
         "PATCH /vps/{id}" | "DELETE /vps/{id}" | "POST /vps/{id}/{action}" => {
             tenant_obj(role != Viewer, 202)
         }
+        // Operators move VPSes; the fixture's VPS still has its create job running.
+        "POST /vps/{id}/migrate" => {
+            if platform {
+                409
+            } else {
+                403
+            }
+        }
         "GET /jobs/{id}" => tenant_obj(true, 200),
         _ => return None,
     })
@@ -605,9 +613,14 @@ fn request(
         | "GET /vps/{id}/events"
         | "PATCH /vps/{id}"
         | "DELETE /vps/{id}"
-        | "POST /vps/{id}/{action}" => {
+        | "POST /vps/{id}/{action}"
+        | "POST /vps/{id}/migrate" => {
             let id = fx.take_vps(scope);
-            let body = (method == "PATCH").then(|| json!({"plan": "small"}));
+            let body = match method {
+                "PATCH" => Some(json!({"plan": "small"})),
+                "POST" if op.ends_with("/migrate") => Some(json!({})),
+                _ => None,
+            };
             r(
                 path.replace("{id}", &id).replace("{action}", "stop"),
                 body,

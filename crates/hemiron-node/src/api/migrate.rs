@@ -91,26 +91,33 @@ pub async fn incoming(
     axum::Json(body): axum::Json<serde_json::Value>,
 ) -> ApiResult {
     check_node(&node, &name)?;
-    let vms = &node.vms;
-    match action.as_str() {
-        "prepare" => {
-            let req: Prepare = serde_json::from_value(body)
-                .map_err(|e| ApiError::BadRequest(format!("invalid prepare request: {e}")))?;
-            Data::new(vms.incoming_prepare(vmid, req, node.listen.ip()).await?)
+    // Run to the end even if the caller hangs up: a prepare cut off halfway would leave a
+    // QEMU and files that no table knows of.
+    let vms = node.vms.clone();
+    let listen = node.listen.ip();
+    let work = tokio::spawn(async move {
+        match action.as_str() {
+            "prepare" => {
+                let req: Prepare = serde_json::from_value(body)
+                    .map_err(|e| ApiError::BadRequest(format!("invalid prepare request: {e}")))?;
+                Data::new(vms.incoming_prepare(vmid, req, listen).await?)
+            }
+            "status" => Data::new(vms.incoming_renew(vmid)?),
+            "commit" => {
+                let resume = body["resume"].as_bool().unwrap_or(false);
+                Data::new(vms.incoming_commit(vmid, resume).await?)
+            }
+            "abort" => {
+                vms.incoming_abort(vmid, body["id"].as_str()).await?;
+                Ok(Data::null())
+            }
+            other => Err(ApiError::NotImplemented(format!(
+                "no migration action '{other}'"
+            ))),
         }
-        "status" => Data::new(vms.incoming_renew(vmid)?),
-        "commit" => {
-            let resume = body["resume"].as_bool().unwrap_or(false);
-            Data::new(vms.incoming_commit(vmid, resume).await?)
-        }
-        "abort" => {
-            vms.incoming_abort(vmid).await?;
-            Ok(Data::null())
-        }
-        other => Err(ApiError::NotImplemented(format!(
-            "no migration action '{other}'"
-        ))),
-    }
+    });
+    work.await
+        .map_err(|e| ApiError::runtime(format!("migration call failed: {e}")))?
 }
 
 /// Config keys for host devices a VM cannot take along.

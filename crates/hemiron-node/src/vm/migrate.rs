@@ -119,6 +119,8 @@ pub struct NewDisk {
 /// `prepare`: the source's request to the target.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Prepare {
+    /// Names this migration (an `abort` that overtook its `prepare` refuses it).
+    pub id: String,
     pub source: String,
     /// The config file as the source holds it.
     pub config: String,
@@ -160,11 +162,27 @@ struct Incoming {
 #[derive(Debug, Default)]
 pub struct IncomingTable {
     map: Mutex<HashMap<u32, Incoming>>,
+    /// Migrations aborted here (the latest few): a `prepare` that comes after its `abort`
+    /// (the source gave up while it was under way) is refused.
+    aborted: Mutex<std::collections::VecDeque<String>>,
 }
 
 impl IncomingTable {
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<u32, Incoming>) -> T) -> T {
         f(&mut self.map.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn note_aborted(&self, id: &str) {
+        let mut a = self.aborted.lock().unwrap_or_else(|p| p.into_inner());
+        if a.len() >= 256 {
+            a.pop_front();
+        }
+        a.push_back(id.to_string());
+    }
+
+    fn was_aborted(&self, id: &str) -> bool {
+        let a = self.aborted.lock().unwrap_or_else(|p| p.into_inner());
+        a.iter().any(|x| x == id)
     }
 }
 
@@ -275,6 +293,7 @@ fn note(log: Option<&TaskContext>, msg: impl AsRef<str>) {
 /// takes to take it back.
 struct PendingInner {
     mgr: std::sync::Weak<VmManager>,
+    id: String,
     vmid: u32,
     peer: Arc<Peer>,
     base: String,
@@ -392,7 +411,9 @@ impl VmManager {
             vmid,
             msg: e.to_string(),
         })?;
+        let migration_id = format!("{:016x}", rand::random::<u64>());
         let prepare = Prepare {
+            id: migration_id.clone(),
             source: self.node.clone(),
             config: raw,
             live,
@@ -403,20 +424,11 @@ impl VmManager {
             forwards: self.forwards.get(vmid),
         };
         let base = format!("/nodes/{}/hemiron/migration/{vmid}", req.target);
-        let answer = peer
-            .call_json(
-                &format!("{base}/prepare"),
-                &serde_json::to_value(&prepare).map_err(|e| mig(e.to_string()))?,
-                CALL_TIMEOUT,
-            )
-            .await
-            .map_err(|e| mig(format!("target could not prepare: {e}")))?;
-        let prepared: Prepared =
-            serde_json::from_value(answer).map_err(|e| mig(format!("target answer: {e}")))?;
-        log.log(format!("target node '{}' prepared VM {vmid}", req.target));
-
+        // From here on the target may hold something of the VM: taken back if this task
+        // ends early.
         let mut pending = Pending(Some(PendingInner {
             mgr: self.me.clone(),
+            id: migration_id.clone(),
             vmid,
             peer: peer.clone(),
             base: base.clone(),
@@ -432,6 +444,29 @@ impl VmManager {
             }),
             pinger: None,
         }));
+        let answer = peer
+            .call_json(
+                &format!("{base}/prepare"),
+                &serde_json::to_value(&prepare).map_err(|e| mig(e.to_string()))?,
+                CALL_TIMEOUT,
+            )
+            .await
+            .map_err(|e| mig(format!("target could not prepare: {e}")));
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(mut inner) = pending.0.take() {
+                    self.abort_target(&inner.peer, &inner.base, &inner.id, Some(log))
+                        .await;
+                    inner.side = None;
+                }
+                return Err(e);
+            }
+        };
+        let prepared: Prepared =
+            serde_json::from_value(answer).map_err(|e| mig(format!("target answer: {e}")))?;
+        log.log(format!("target node '{}' prepared VM {vmid}", req.target));
+
         let moved = match (&running, pending.0.as_mut()) {
             (Some(_), Some(p)) => {
                 self.move_live(vmid, &conf, &req, &peer_host, &prepared, &disks, p, log)
@@ -605,7 +640,7 @@ impl VmManager {
     /// the source's guest runs on. Returns true if the target owns the VM after all (the
     /// switchover was made; nothing is taken back).
     async fn take_back(&self, p: &mut PendingInner, log: Option<&TaskContext>) -> bool {
-        self.abort_target(&p.peer, &p.base, log).await;
+        self.abort_target(&p.peer, &p.base, &p.id, log).await;
         if self.store.owner_of(p.vmid).as_deref() == Some(p.target.as_str()) {
             return true;
         }
@@ -961,12 +996,18 @@ impl VmManager {
 
     /// Tells the target to drop the VM; retried while the target does not answer, because
     /// only its answer says it will never resume the guest.
-    async fn abort_target(&self, peer: &Arc<Peer>, base: &str, log: Option<&TaskContext>) {
+    async fn abort_target(
+        &self,
+        peer: &Arc<Peer>,
+        base: &str,
+        id: &str,
+        log: Option<&TaskContext>,
+    ) {
         for attempt in 0..5 {
             match peer
                 .call_json(
                     &format!("{base}/abort"),
-                    &json!({}),
+                    &json!({ "id": id }),
                     Duration::from_secs(10),
                 )
                 .await
@@ -1048,6 +1089,9 @@ impl VmManager {
         listen: IpAddr,
     ) -> Result<Prepared, VmError> {
         let _guard = self.lock(vmid).await?;
+        if self.incoming.was_aborted(&req.id) {
+            return Err(mig("the source gave this migration up already"));
+        }
         if self.store.path(vmid).exists() {
             return Err(VmError::Exists(vmid));
         }
@@ -1358,7 +1402,10 @@ impl VmManager {
 
     /// `abort` on the target (also when the source went quiet): everything `prepare` made
     /// goes.
-    pub async fn incoming_abort(&self, vmid: u32) -> Result<(), VmError> {
+    pub async fn incoming_abort(&self, vmid: u32, id: Option<&str>) -> Result<(), VmError> {
+        if let Some(id) = id {
+            self.incoming.note_aborted(id);
+        }
         let _guard = self.lock(vmid).await?;
         if self.store.exists(vmid) {
             return Err(mig(format!("VM {vmid} is already this node's")));
@@ -1406,7 +1453,7 @@ impl VmManager {
             }
             if expired {
                 warn!(vmid, "source of incoming migration went quiet; giving up");
-                let _ = self.incoming_abort(vmid).await;
+                let _ = self.incoming_abort(vmid, None).await;
                 return;
             }
         }

@@ -2,6 +2,7 @@
 //! every answer against the Proxmox VE schema, and cleans up every process it started.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod control;
 pub mod proxy;
 pub mod rows;
