@@ -215,6 +215,28 @@ pub enum TokenCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// The nodes: state, maintenance, reserved capacity.
+    List,
+    /// Put a node in maintenance and move every VPS off it; waits until it is empty.
+    Drain {
+        node: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Take a node out of maintenance (stops a drain under way).
+    Undrain { node: String },
+    /// Even out the clusters' load by moving VPSes; `--dry-run` prints the plan only.
+    Rebalance {
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this cluster (id or name).
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+}
+
 /// The client commands.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
@@ -224,6 +246,11 @@ pub enum ClientCommand {
     Vps {
         #[command(subcommand)]
         command: VpsCommand,
+    },
+    /// Nodes: maintenance, drain, rebalancing.
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
     },
     /// Manage tenants.
     Tenant {
@@ -306,6 +333,7 @@ pub async fn run(g: Global, cmd: ClientCommand) -> Result<(), CliError> {
     match cmd {
         ClientCommand::Login(a) => login(&g, a).await,
         ClientCommand::Vps { command } => vps(&g, command).await,
+        ClientCommand::Host { command } => host(&g, command).await,
         ClientCommand::Tenant { command } => tenant(&g, command).await,
         ClientCommand::User { command } => user(&g, command).await,
         ClientCommand::Token { command } => token(&g, command).await,
@@ -423,10 +451,11 @@ async fn follow(g: &Global, api: &Api, job: &Value) -> Result<Value, CliError> {
     loop {
         let j = api.get(&format!("/jobs/{id}")).await?;
         bar.set_message(format!(
-            "{} {}: {}",
+            "{} {}: {} {}",
             s(&j, "kind"),
             s(&j, "state"),
-            s(&j, "step")
+            s(&j, "step"),
+            s(&j, "progress")
         ));
         match j["state"].as_str() {
             Some("succeeded") => {
@@ -676,6 +705,121 @@ async fn power(
     };
     print(g, &j, |j| format!("{} {}\n", s(j, "kind"), s(j, "state")));
     Ok(())
+}
+
+/// A node's id from its name (or id).
+async fn node_id(api: &Api, r: &str) -> Result<String, CliError> {
+    let nodes = api.get("/nodes").await?;
+    let found: Vec<&Value> = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["id"] == r || n["name"] == r)
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(s(one, "id")),
+        [] => Err(not_found("node", r)),
+        _ => Err(CliError::Usage(format!(
+            "{r:?} names nodes of several clusters: use an id"
+        ))),
+    }
+}
+
+fn nodes_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            vec![
+                s(n, "name"),
+                s(n, "status"),
+                if n["maintenance"].as_bool() == Some(true) {
+                    "maintenance".into()
+                } else {
+                    "-".into()
+                },
+                format!("{}/{}", s(n, "reserved_vcpus"), s(n, "cpus")),
+                format!("{}/{}", s(n, "reserved_memory_mib"), s(n, "memory_mib")),
+                s(n, "cluster_id"),
+            ]
+        })
+        .collect();
+    table::render(
+        &["NODE", "STATUS", "MODE", "VCPUS", "MEMORY MIB", "CLUSTER"],
+        &rows,
+    )
+}
+
+async fn host(g: &Global, cmd: HostCommand) -> Result<(), CliError> {
+    let api = api(g)?;
+    match cmd {
+        HostCommand::List => {
+            let nodes = api.get("/nodes").await?;
+            print(g, &nodes, nodes_table);
+            Ok(())
+        }
+        HostCommand::Drain { node, no_wait } => {
+            let id = node_id(&api, &node).await?;
+            let job = api.post(&format!("/nodes/{id}/drain"), &json!({})).await?;
+            let j = if no_wait {
+                job
+            } else {
+                follow(g, &api, &job).await?
+            };
+            print(g, &j, |j| {
+                format!("node {node}: {} {}\n", s(j, "kind"), s(j, "state"))
+            });
+            Ok(())
+        }
+        HostCommand::Undrain { node } => {
+            let id = node_id(&api, &node).await?;
+            let n = api
+                .post(
+                    &format!("/nodes/{id}/maintenance"),
+                    &json!({ "maintenance": false }),
+                )
+                .await?;
+            print(g, &n, |n| format!("node {} in service\n", s(n, "name")));
+            Ok(())
+        }
+        HostCommand::Rebalance { dry_run, cluster } => {
+            let plans = api
+                .post(
+                    "/rebalance",
+                    &json!({ "dry_run": dry_run, "cluster": cluster }),
+                )
+                .await?;
+            print(g, &plans, |p| {
+                let mut out = String::new();
+                for c in p.as_array().into_iter().flatten() {
+                    let moves = c["moves"].as_array().cloned().unwrap_or_default();
+                    out.push_str(&format!(
+                        "cluster {}: imbalance {:.3}{}\n",
+                        s(c, "cluster"),
+                        c["imbalance"].as_f64().unwrap_or(0.0),
+                        if moves.is_empty() {
+                            " (no move needed or possible)"
+                        } else {
+                            ""
+                        }
+                    ));
+                    for m in moves {
+                        out.push_str(&format!(
+                            "  {} {} -> {} (imbalance then {:.3}){}\n",
+                            s(&m, "vps_name"),
+                            s(&m, "from"),
+                            s(&m, "to"),
+                            m["imbalance_after"].as_f64().unwrap_or(0.0),
+                            if dry_run { "" } else { " queued" }
+                        ));
+                    }
+                }
+                out
+            });
+            Ok(())
+        }
+    }
 }
 
 async fn tenant(g: &Global, cmd: TenantCommand) -> Result<(), CliError> {

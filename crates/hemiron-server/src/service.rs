@@ -41,7 +41,7 @@ impl Default for Settings {
             cpu_overcommit: 4,
             reconcile_interval: Duration::from_secs(30),
             job_lease: Duration::from_secs(30),
-            workers: 2,
+            workers: 4,
         }
     }
 }

@@ -110,7 +110,8 @@ struct ServerArgs {
     #[arg(long, default_value_t = 4)]
     cpu_overcommit: i64,
     /// Job workers in this server (0: serve the API only and leave jobs to other servers).
-    #[arg(long, default_value_t = 2)]
+    /// Jobs mostly wait on their cluster; a node drain holds one while its migrations run.
+    #[arg(long, default_value_t = 4)]
     workers: usize,
     /// Serve HTTPS with a self-signed certificate made in DATA_DIR/tls on first start.
     #[arg(long)]

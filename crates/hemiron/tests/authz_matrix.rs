@@ -166,6 +166,23 @@ fn expected(op: &str, role: Role, scope: Scope) -> Option<u16> {
             }
         }
 
+        // A node that does not exist (a real drain would empty the fixture's node): found
+        // missing only after the role check.
+        "POST /nodes/{id}/drain" => {
+            if platform {
+                404
+            } else {
+                403
+            }
+        }
+        "POST /rebalance" => {
+            if platform {
+                200
+            } else {
+                403
+            }
+        }
+
         "GET /templates" => 200,
         "GET /vps" => 200,
         "POST /vps" => tenant_obj(role != Viewer, 201),
@@ -594,6 +611,8 @@ fn request(
                 .unwrap_or_else(|| "cluster-1".into());
             r(path.replace("{id}", &id), None, any())
         }
+        "POST /nodes/{id}/drain" => r(path.replace("{id}", "no-such-node"), None, vec![]),
+        "POST /rebalance" => r(path.into(), Some(json!({"dry_run": true})), vec![]),
         "POST /nodes/{id}/maintenance" => r(
             path.replace("{id}", &fx.node_id),
             Some(json!({"maintenance": false})),

@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(ep.path, "/nodes/{node}/tasks/{upid}/status");
         assert!(route("GET", "/nodes/pve1/qemu/100/nonexistent").is_none());
         assert!(endpoint("post", "/nodes/{node}/qemu").is_some());
-        assert_eq!(ENDPOINTS.len(), 49);
+        assert_eq!(ENDPOINTS.len(), 50);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::problem::{ApiError, Problem};
 use super::views::{time, Page, PageQuery};
 use super::{created, tagged, AppState};
 use crate::fleet::clusters::{self, NewCluster};
+use crate::fleet::hosts::{self, ClusterPlan, RebalanceRequest};
 use crate::fleet::vps::{self, NewVps, Power, DEFAULT_USER};
 use crate::store::fleet::{ClusterRow, EventRow, NodeRow, TemplateRow, VpsRow};
 use crate::store::jobs::JobRow;
@@ -25,6 +26,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(refresh_cluster))
         .routes(routes!(list_nodes))
         .routes(routes!(update_node))
+        .routes(routes!(drain_node))
+        .routes(routes!(rebalance))
         .routes(routes!(list_templates))
         .routes(routes!(list_vps, create_vps))
         .routes(routes!(get_vps, resize_vps, delete_vps))
@@ -446,6 +449,45 @@ async fn update_node(
             .await?
             .into(),
     ))
+}
+
+/// Put a node in maintenance and move every VPS off it (at most 2 migrations at once,
+/// stopped and small VPSes first); follow the returned `node.drain` job. Taking the node
+/// out of maintenance stops the drain.
+#[utoipa::path(post, path = "/nodes/{id}/drain", tag = "infra",
+    params(("id" = String, Path, description = "Node id")),
+    responses(
+        (status = 202, description = "Accepted; follow the job", body = Job),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such node", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn drain_node(
+    State(app): State<AppState>,
+    Authed(caller): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = hosts::drain(&app.svc, &caller, &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(Job::from(job))).into_response())
+}
+
+/// Even out the clusters' load (Proxmox's static scheduler: TOPSIS over configured CPU and
+/// memory): moves VPSes while a cluster's imbalance is above 0.3 and a move lowers it by at
+/// least 0.1, keeping anti-affinity and capacity. `dry_run` returns the plan only.
+#[utoipa::path(post, path = "/rebalance", tag = "infra", request_body = RebalanceRequest,
+    responses(
+        (status = 200, description = "The plan per cluster (with the migration jobs unless a dry run)", body = Vec<ClusterPlan>),
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such cluster", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn rebalance(
+    State(app): State<AppState>,
+    Authed(caller): Authed,
+    Body(req): Body<RebalanceRequest>,
+) -> Result<Json<Vec<ClusterPlan>>, ApiError> {
+    Ok(Json(hosts::rebalance(&app.svc, &caller, &req).await?))
 }
 
 /// Templates new VPSes can be made from.

@@ -314,26 +314,12 @@ async fn new_job<P: Serialize>(
     vps: &VpsRow,
     payload: &P,
 ) -> Result<JobRow, ServiceError> {
-    let now = now_ms();
-    let job = JobRow {
-        id: new_id(),
-        kind: kind.to_string(),
-        tenant_id: Some(vps.tenant_id.clone()),
-        vps_id: Some(vps.id.clone()),
-        state: "queued".into(),
-        step: "start".into(),
-        payload: serde_json::to_string(payload).unwrap_or_else(|_| "{}".into()),
-        checkpoint: "{}".into(),
-        error: None,
-        attempts: 0,
-        lease_owner: None,
-        lease_until: None,
-        fence: 0,
-        run_after: now,
-        created_at: now,
-        updated_at: now,
-        finished_at: None,
-    };
+    let job = JobRow::queued(
+        kind,
+        Some(vps.tenant_id.clone()),
+        Some(vps.id.clone()),
+        serde_json::to_string(payload).unwrap_or_else(|_| "{}".into()),
+    );
     jobs::insert(tx, &job).await?;
     Ok(job)
 }
@@ -597,10 +583,6 @@ pub async fn migrate(
         return Err(ServiceError::Conflict("the VPS was never placed".into()));
     };
     let nodes = store::nodes_tx(&mut tx).await?;
-    let need = Need {
-        vcpus: v.vcpus,
-        memory_mib: v.memory_mib,
-    };
     let target = match to {
         Some(name) => {
             let n = nodes
@@ -617,39 +599,11 @@ pub async fn migrate(
             }
             n.clone()
         }
-        None => {
-            let excluded = match &v.anti_affinity {
-                Some(group) => store::anti_affinity_nodes(&mut tx, &v.tenant_id, group).await?,
-                None => Vec::new(),
-            };
-            let candidates = nodes
-                .iter()
-                .filter(|n| n.cluster_id == cluster && n.name != node)
-                .map(|n| Candidate {
-                    node: n.clone(),
-                    template_vmid: 0,
-                })
-                .collect();
-            placement::rank(
-                candidates,
-                need,
-                svc.settings.placement,
-                svc.settings.cpu_overcommit,
-                &excluded,
-            )
-            .into_iter()
-            .next()
-            .map(|c| c.node)
-            .ok_or_else(|| {
-                ServiceError::NoCapacity("no other node of the cluster can take the VPS".into())
-            })?
-        }
+        None => best_other_node(svc, &mut tx, &v).await?.ok_or_else(|| {
+            ServiceError::NoCapacity("no other node of the cluster can take the VPS".into())
+        })?,
     };
-    let payload = MigratePayload {
-        target_node: target.name.clone(),
-        target_node_id: target.id.clone(),
-    };
-    let job = new_job(&mut tx, "vps.migrate", &v, &payload).await?;
+    let job = queue_migration(&mut tx, &v, &target).await?;
     caller
         .commit(
             tx,
@@ -661,6 +615,58 @@ pub async fn migrate(
         .await?;
     svc.wakeup.notify();
     Ok((v, job))
+}
+
+/// Queues a `vps.migrate` job of `vps` to `target` (in the caller's transaction).
+pub(crate) async fn queue_migration(
+    tx: &mut Tx,
+    vps: &VpsRow,
+    target: &store::NodeRow,
+) -> Result<JobRow, ServiceError> {
+    let payload = MigratePayload {
+        target_node: target.name.clone(),
+        target_node_id: target.id.clone(),
+    };
+    new_job(tx, "vps.migrate", vps, &payload).await
+}
+
+/// The best node of its cluster for `vps` other than the one it is on: placement's order,
+/// its anti-affinity group kept.
+pub(crate) async fn best_other_node(
+    svc: &Services,
+    tx: &mut Tx,
+    vps: &VpsRow,
+) -> Result<Option<store::NodeRow>, ServiceError> {
+    let (Some(cluster), Some(node)) = (&vps.cluster_id, &vps.node) else {
+        return Ok(None);
+    };
+    let nodes = store::nodes_tx(tx).await?;
+    let excluded = match &vps.anti_affinity {
+        Some(group) => store::anti_affinity_nodes(tx, &vps.tenant_id, group).await?,
+        None => Vec::new(),
+    };
+    let candidates = nodes
+        .iter()
+        .filter(|n| &n.cluster_id == cluster && &n.name != node)
+        .map(|n| Candidate {
+            node: n.clone(),
+            template_vmid: 0,
+        })
+        .collect();
+    let need = Need {
+        vcpus: vps.vcpus,
+        memory_mib: vps.memory_mib,
+    };
+    Ok(placement::rank(
+        candidates,
+        need,
+        svc.settings.placement,
+        svc.settings.cpu_overcommit,
+        &excluded,
+    )
+    .into_iter()
+    .next()
+    .map(|c| c.node))
 }
 
 /// A job the caller may see (through its VPS's tenant).

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use super::{migrate, vps_jobs, Claim, JobError};
+use super::{drain, migrate, vps_jobs, Claim, JobError};
 use crate::service::Services;
 use crate::store::{jobs, new_id, now_ms};
 
@@ -120,6 +120,7 @@ async fn dispatch(svc: &Services, mut claim: Claim) -> Result<(), JobError> {
         "vps.resize" => vps_jobs::resize(svc, &mut claim).await,
         "vps.delete" => vps_jobs::delete(svc, &mut claim).await,
         "vps.migrate" => migrate::run(svc, &mut claim).await,
+        "node.drain" => drain::run(svc, &mut claim).await,
         other => Err(JobError::Permanent(format!("unknown job kind {other:?}"))),
     };
     let fail = match &result {
@@ -130,10 +131,10 @@ async fn dispatch(svc: &Services, mut claim: Claim) -> Result<(), JobError> {
         _ => None,
     };
     if let Some(error) = fail {
-        if claim.job.kind == "vps.migrate" {
-            migrate::fail(svc, &mut claim, &error).await?;
-        } else {
-            vps_jobs::fail(svc, &mut claim, &error).await?;
+        match claim.job.kind.as_str() {
+            "vps.migrate" => migrate::fail(svc, &mut claim, &error).await?,
+            "node.drain" => drain::fail(svc, &mut claim, &error).await?,
+            _ => vps_jobs::fail(svc, &mut claim, &error).await?,
         }
     }
     result

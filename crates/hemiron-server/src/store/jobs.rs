@@ -33,6 +33,37 @@ pub struct JobRow {
     pub finished_at: Option<i64>,
 }
 
+impl JobRow {
+    /// A new job, queued to run now.
+    pub fn queued(
+        kind: &str,
+        tenant_id: Option<String>,
+        vps_id: Option<String>,
+        payload: String,
+    ) -> JobRow {
+        let now = super::now_ms();
+        JobRow {
+            id: super::new_id(),
+            kind: kind.to_string(),
+            tenant_id,
+            vps_id,
+            state: "queued".into(),
+            step: "start".into(),
+            payload,
+            checkpoint: "{}".into(),
+            error: None,
+            attempts: 0,
+            lease_owner: None,
+            lease_until: None,
+            fence: 0,
+            run_after: now,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        }
+    }
+}
+
 const JOB_COLUMNS: &str = "id, kind, tenant_id, vps_id, state, step, payload, checkpoint, error, \
      attempts, lease_owner, lease_until, fence, run_after, created_at, updated_at, finished_at";
 
