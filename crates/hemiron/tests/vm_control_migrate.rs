@@ -245,6 +245,34 @@ fn vm_vps_migration_undoes_failures_and_survives_crashes() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains(&format!("is on node {there}")), "{text}");
     assert!(guest_get(&web, "/").is_some());
+
+    // Moved by a Proxmox client behind the control plane's back: the reconciler follows.
+    server.extra = vec!["--reconcile-interval".into(), "1s".into()];
+    admin = restart(&mut server, None);
+    let back = if there == "n1" { "n2" } else { "n1" };
+    let api = if there == "n1" { &a1 } else { &a2 };
+    api.task_ok(
+        there,
+        "POST",
+        &format!("/nodes/{there}/qemu/{vmid}/migrate"),
+        &[("target", back), ("online", "1")],
+    );
+    wait_for("the reconciler to follow", Duration::from_secs(60), || {
+        let v = admin.get(&format!("/vps/{id}")).expect(200);
+        (v["node"] == back).then_some(())
+    });
+    let r = reserved(&admin);
+    let expect = if back == "n1" { (128, 0) } else { (0, 128) };
+    assert_eq!(r, expect);
+    let events = admin.get(&format!("/vps/{id}/events")).expect(200);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "vps.moved"),
+        "{events}"
+    );
 }
 
 /// Polls a guest's page every 100 ms; records the longest time between two answers.

@@ -264,7 +264,8 @@ impl From<JobRow> for Job {
 pub struct Event {
     pub id: String,
     pub at: String,
-    /// `vps.created`, `vps.power`, `vps.missing`, `vps.drift`, `vps.deleted`, `*.failed`…
+    /// `vps.created`, `vps.power`, `vps.missing`, `vps.moved`, `vps.drift`, `vps.migrated`,
+    /// `vps.deleted`, `*.failed`…
     pub kind: String,
     pub detail: String,
 }

@@ -1,8 +1,9 @@
 //! The reconciler: every interval, reads each cluster's inventory and `/cluster/resources`,
 //! and compares them with the VPSes the store has placed there. A VM stopped or started
-//! behind the control plane's back changes the VPS's power state; a VM gone marks the VPS
-//! `missing`; CPU or memory changed on the node are recorded as drift. Each change writes an
-//! event. Nothing is reverted: the operator decides. VPSes with a job running are left to it.
+//! behind the control plane's back changes the VPS's power state; a VM moved to another node
+//! takes the VPS (and its reservation) along; a VM gone marks the VPS `missing`; CPU or
+//! memory changed on the node are recorded as drift. Each change writes an event. Nothing is
+//! reverted: the operator decides. VPSes with a job running are left to it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -88,6 +89,29 @@ async fn compare(
             // Changed meanwhile (a job, another server): next pass.
             continue;
         }
+        if let (Some(from), Some(to)) = (&vps.node, &changed.node) {
+            if from != to {
+                // Its reservation follows it (the VM is there, whether it fits or not).
+                store::release_on_node(
+                    &mut tx,
+                    cluster_id,
+                    from,
+                    vps.vcpus,
+                    vps.memory_mib,
+                    vps.disk_gib,
+                )
+                .await?;
+                store::release_on_node(
+                    &mut tx,
+                    cluster_id,
+                    to,
+                    -vps.vcpus,
+                    -vps.memory_mib,
+                    -vps.disk_gib,
+                )
+                .await?;
+            }
+        }
         let e = EventRow {
             id: new_id(),
             at: now_ms(),
@@ -118,6 +142,18 @@ fn diff(vps: &VpsRow, observed: Option<&Resource>) -> Option<(VpsRow, &'static s
             format!("VM {} is gone from its cluster", vps.vmid.unwrap_or(0)),
         ));
     };
+    // Moved to another node by someone else (Proxmox's own tools, HA): follow it.
+    if let Some(seen_on) = r.node.as_ref().filter(|n| Some(*n) != vps.node.as_ref()) {
+        v.node = Some(seen_on.clone());
+        return Some((
+            v,
+            "vps.moved",
+            format!(
+                "{} → {seen_on} (moved outside the control plane)",
+                vps.node.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
     let power = r.status.clone().unwrap_or_else(|| "unknown".into());
     let state = if power == "running" {
         "running"
@@ -220,6 +256,16 @@ mod tests {
         let (v, kind, _) = diff(&vps(), None).unwrap();
         assert_eq!((v.state.as_str(), kind), ("missing", "vps.missing"));
         assert!(diff(&v, None).is_none());
+    }
+
+    #[test]
+    fn a_vm_moved_elsewhere_takes_the_vps_along() {
+        let mut r = seen("running", 256, 1.0);
+        r.node = Some("n2".into());
+        let (v, kind, detail) = diff(&vps(), Some(&r)).unwrap();
+        assert_eq!((v.node.as_deref(), kind), (Some("n2"), "vps.moved"));
+        assert!(detail.starts_with("n1 → n2"), "{detail}");
+        assert!(diff(&v, Some(&r)).is_none());
     }
 
     #[test]
