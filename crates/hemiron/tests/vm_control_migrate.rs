@@ -28,6 +28,15 @@ fn wait_job(client: &Client, job: &Value) -> Value {
     })
 }
 
+/// Asserts that the VPS has an event of this kind.
+fn assert_event(admin: &Client, id: &str, kind: &str) {
+    let events = admin.get(&format!("/vps/{id}/events")).expect(200);
+    assert!(
+        events.as_array().unwrap().iter().any(|e| e["kind"] == kind),
+        "no {kind} event: {events}"
+    );
+}
+
 fn node<'a>(nodes: &'a Value, name: &str) -> &'a Value {
     nodes
         .as_array()
@@ -177,15 +186,7 @@ fn vm_vps_migration_undoes_failures_and_survives_crashes() {
     assert_eq!(v["node"], "n2", "{v}");
     assert_eq!(reserved(&admin), (0, 128));
     assert!(listed(&a2, "n2").contains(&vmid) && !listed(&a1, "n1").contains(&vmid));
-    let events = admin.get(&format!("/vps/{id}/events")).expect(200);
-    assert!(
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "vps.migrate.needs-attention"),
-        "{events}"
-    );
+    assert_event(&admin, &id, "vps.migrate.needs-attention");
 
     // The server killed at every phase: started again, it finishes the job.
     let mut here = "n2";
@@ -264,15 +265,7 @@ fn vm_vps_migration_undoes_failures_and_survives_crashes() {
     let r = reserved(&admin);
     let expect = if back == "n1" { (128, 0) } else { (0, 128) };
     assert_eq!(r, expect);
-    let events = admin.get(&format!("/vps/{id}/events")).expect(200);
-    assert!(
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "vps.moved"),
-        "{events}"
-    );
+    assert_event(&admin, &id, "vps.moved");
 }
 
 /// Polls a guest's page every 100 ms; records the longest time between two answers.
