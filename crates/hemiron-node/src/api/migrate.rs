@@ -1,6 +1,6 @@
 //! `GET /nodes/{node}/qemu/{vmid}/migrate` (can this VM move, and where to?), `POST` (move
 //! it), and the calls a migration's source makes on its target
-//! (`/nodes/{node}/hemiron/migration/{vmid}/{prepare|status|commit|abort}`).
+//! (`/nodes/{node}/hemiron/migration/{vmid}/{prepare|status|forwards|commit|abort}`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -103,6 +103,10 @@ pub async fn incoming(
                 Data::new(vms.incoming_prepare(vmid, req, listen).await?)
             }
             "status" => Data::new(vms.incoming_renew(vmid)?),
+            "forwards" => {
+                vms.incoming_take_forwards(vmid).await?;
+                Ok(Data::null())
+            }
             "commit" => {
                 let resume = body["resume"].as_bool().unwrap_or(false);
                 Data::new(vms.incoming_commit(vmid, resume).await?)

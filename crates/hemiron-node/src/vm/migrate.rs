@@ -156,6 +156,8 @@ struct Incoming {
     nbd: bool,
     servers: Vec<tokio::process::Child>,
     renewed: Instant,
+    /// Binding the forwarded ports (they may still be the source's for a moment).
+    forwarding: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
 /// The incoming migrations of a node.
@@ -350,6 +352,32 @@ async fn enable_caps(owner: &OwnerHandle, caps: &[&str]) -> Result<(), VmError> 
             Some(json!({ "capabilities": list })),
         )
         .await?;
+    Ok(())
+}
+
+/// Binds a VM's forwarded ports on its QEMU, retrying each every millisecond while it is
+/// taken (by the migration's source on the same host) until `patience` has passed.
+async fn bind_forwards(
+    owner: OwnerHandle,
+    fw: VmForwards,
+    patience: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + patience;
+    for (guest, host) in fw {
+        loop {
+            let out = owner
+                .hmp(&format!("hostfwd_add net0 tcp:127.0.0.1:{host}-:{guest}"))
+                .await
+                .map_err(|e| e.to_string())?;
+            if out.trim().is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("port {host}: {}", out.trim()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
     Ok(())
 }
 
@@ -619,19 +647,26 @@ impl VmManager {
         let Some(side) = p.side.as_mut() else {
             return Err(mig("the VM has no QEMU to migrate"));
         };
-        self.transfer(
-            vmid,
-            conf,
-            req,
-            host,
-            prepared,
-            disks,
-            side,
-            &mut lost_rx,
-            log,
-        )
-        .await?;
-        // Hand the forwarded ports over: the source let go, the target takes them.
+        self.transfer(conf, req, host, prepared, disks, side, &mut lost_rx, log)
+            .await?;
+        // Hand the forwarded ports over: the target starts trying to bind them (on one host
+        // they are the source's until it lets go), then the source lets go, so that a port
+        // refuses connections for a moment only.
+        let has_net0 = cmdline::nets(&conf.main.props).iter().any(|(i, _)| *i == 0);
+        if let Some(fw) = has_net0.then(|| self.forwards.get(vmid)).flatten() {
+            p.peer
+                .call_json(&format!("{}/forwards", p.base), &json!({}), CALL_TIMEOUT)
+                .await
+                .map_err(|e| mig(format!("target could not take the port forwards: {e}")))?;
+            if let Some(side) = p.side.as_mut() {
+                for host_port in fw.values() {
+                    side.owner
+                        .hmp(&format!("hostfwd_remove net0 tcp:127.0.0.1:{host_port}"))
+                        .await?;
+                }
+                side.forwards_removed = Some(fw);
+            }
+        }
         self.commit(&p.peer, &p.base, json!({ "resume": true }), log)
             .await
     }
@@ -658,11 +693,10 @@ impl VmManager {
     }
 
     /// Mirrors local disks, then migrates RAM and device state; the source's guest is
-    /// paused at the end (QEMU's `postmigrate`), its forwards taken off.
+    /// paused at the end (QEMU's `postmigrate`).
     #[allow(clippy::too_many_arguments)]
     async fn transfer(
         &self,
-        vmid: u32,
         conf: &VmConfig,
         req: &MigrateRequest,
         host: &str,
@@ -861,15 +895,6 @@ impl VmManager {
                     return Err(mig(format!("mirror failed: {}", ev.data)));
                 }
             }
-        }
-        let has_net0 = cmdline::nets(&conf.main.props).iter().any(|(i, _)| *i == 0);
-        if let Some(fw) = has_net0.then(|| self.forwards.get(vmid)).flatten() {
-            for host_port in fw.values() {
-                owner
-                    .hmp(&format!("hostfwd_remove net0 tcp:127.0.0.1:{host_port}"))
-                    .await?;
-            }
-            side.forwards_removed = Some(fw);
         }
         Ok(())
     }
@@ -1141,6 +1166,7 @@ impl VmManager {
             nbd: false,
             servers: Vec::new(),
             renewed: Instant::now(),
+            forwarding: None,
         };
         match self
             .prepare_inner(vmid, &req, &mut conf, &mut state, listen)
@@ -1339,6 +1365,30 @@ impl VmManager {
         })
     }
 
+    /// `forwards` on the target: starts binding the VM's forwarded ports, retrying while
+    /// the source still holds them (both nodes on one host), for at most 10 s.
+    pub async fn incoming_take_forwards(&self, vmid: u32) -> Result<(), VmError> {
+        let _guard = self.lock(vmid).await?;
+        let run = self
+            .running(vmid)
+            .ok_or_else(|| mig("the incoming QEMU is gone"))?;
+        let fw = self.forwards.get(vmid);
+        self.incoming.with(|m| match m.get_mut(&vmid) {
+            Some(i) if i.forwards => {
+                if let (None, Some(fw)) = (&i.forwarding, fw) {
+                    i.forwarding = Some(tokio::spawn(bind_forwards(
+                        run.owner.clone(),
+                        fw,
+                        Duration::from_secs(10),
+                    )));
+                }
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None => Err(mig(format!("no incoming migration of VM {vmid} here"))),
+        })
+    }
+
     /// `commit` on the target: the VM becomes this node's, then runs.
     pub async fn incoming_commit(&self, vmid: u32, resume: bool) -> Result<Value, VmError> {
         let _guard = self.lock(vmid).await?;
@@ -1359,21 +1409,14 @@ impl VmManager {
                     run.owner.raw("nbd-server-stop", None).await?;
                 }
                 if state.forwards {
-                    if let Some(fw) = self.forwards.get(vmid) {
-                        for (guest, host) in fw {
-                            run.owner
-                                .hmp(&format!("hostfwd_add net0 tcp:127.0.0.1:{host}-:{guest}"))
-                                .await
-                                .map_err(VmError::from)
-                                .and_then(|out| {
-                                    if out.trim().is_empty() {
-                                        Ok(())
-                                    } else {
-                                        Err(mig(format!("port {host}: {}", out.trim())))
-                                    }
-                                })?;
-                        }
-                    }
+                    let bound = match state.forwarding.take() {
+                        Some(task) => task.await.map_err(|e| e.to_string()).and_then(|r| r),
+                        None => match self.forwards.get(vmid) {
+                            Some(fw) => bind_forwards(run.owner.clone(), fw, Duration::ZERO).await,
+                            None => Ok(()),
+                        },
+                    };
+                    bound.map_err(mig)?;
                 }
             }
             Ok::<_, VmError>(())
@@ -1418,6 +1461,9 @@ impl VmManager {
     }
 
     async fn drop_incoming(&self, vmid: u32, mut state: Incoming) {
+        if let Some(task) = state.forwarding.take() {
+            task.abort();
+        }
         for mut child in state.servers.drain(..) {
             let _ = child.start_kill();
             let _ = child.wait().await;
