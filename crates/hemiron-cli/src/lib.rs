@@ -441,21 +441,39 @@ async fn vps_id(api: &Api, r: &str) -> Result<String, CliError> {
 
 /// Follows a job with a spinner until it ends.
 async fn follow(g: &Global, api: &Api, job: &Value) -> Result<Value, CliError> {
+    follow_job(g, api, job, false).await
+}
+
+/// Follows a job until it ends: a spinner, or (`transfer`) a bar of the transfer its
+/// progress reports.
+async fn follow_job(g: &Global, api: &Api, job: &Value, transfer: bool) -> Result<Value, CliError> {
     let id = job["id"].as_str().unwrap_or_default().to_string();
     let bar = if g.json || !std::io::stderr().is_terminal() {
         indicatif::ProgressBar::hidden()
+    } else if transfer {
+        let bar = indicatif::ProgressBar::new(1000);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {percent:>3}% {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
     } else {
         indicatif::ProgressBar::new_spinner()
     };
     bar.enable_steady_tick(Duration::from_millis(120));
     loop {
         let j = api.get(&format!("/jobs/{id}")).await?;
+        let progress = s(&j, "progress");
+        if let Some(f) = transfer_fraction(&progress) {
+            bar.set_position((f * 1000.0) as u64);
+        }
         bar.set_message(format!(
             "{} {}: {} {}",
             s(&j, "kind"),
             s(&j, "state"),
             s(&j, "step"),
-            s(&j, "progress")
+            progress
         ));
         match j["state"].as_str() {
             Some("succeeded") => {
@@ -469,7 +487,7 @@ async fn follow(g: &Global, api: &Api, job: &Value) -> Result<Value, CliError> {
                     error: format!("{}: {}", s(&j, "state"), s(&j, "error")),
                 });
             }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            _ => tokio::time::sleep(Duration::from_millis(if transfer { 300 } else { 500 })).await,
         }
     }
 }
@@ -501,44 +519,6 @@ pub fn transfer_fraction(line: &str) -> Option<f64> {
     };
     let (d, t) = (bytes(done)?, bytes(&total)?);
     (t > 0.0 && d.is_finite()).then(|| (d / t).clamp(0.0, 1.0))
-}
-
-/// Follows a migration job with a progress bar of its transfer.
-async fn follow_migration(g: &Global, api: &Api, job: &Value) -> Result<Value, CliError> {
-    let id = job["id"].as_str().unwrap_or_default().to_string();
-    let bar = if g.json || !std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(1000)
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {percent:>3}% {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
-    loop {
-        let j = api.get(&format!("/jobs/{id}")).await?;
-        let progress = s(&j, "progress");
-        if let Some(f) = transfer_fraction(&progress) {
-            bar.set_position((f * 1000.0) as u64);
-        }
-        bar.set_message(format!("{}: {}", s(&j, "step"), progress));
-        match j["state"].as_str() {
-            Some("succeeded") => {
-                bar.finish_and_clear();
-                return Ok(j);
-            }
-            Some("failed" | "needs-attention") => {
-                bar.finish_and_clear();
-                return Err(CliError::JobFailed {
-                    id,
-                    error: format!("{}: {}", s(&j, "state"), s(&j, "error")),
-                });
-            }
-            _ => tokio::time::sleep(Duration::from_millis(300)).await,
-        }
-    }
 }
 
 fn vps_table(v: &Value) -> String {
@@ -661,7 +641,7 @@ async fn vps(g: &Global, cmd: VpsCommand) -> Result<(), CliError> {
             let j = if no_wait {
                 job
             } else {
-                follow_migration(g, &api, &job).await?
+                follow_job(g, &api, &job, true).await?
             };
             let now = api.get(&format!("/vps/{id}")).await?;
             print(g, &j, |j| {

@@ -124,9 +124,6 @@ pub async fn incoming(
         .map_err(|e| ApiError::runtime(format!("migration call failed: {e}")))?
 }
 
-/// Config keys for host devices a VM cannot take along.
-const LOCAL_DEVICE_KEYS: &[&str] = &["hostpci", "usb", "serial", "parallel"];
-
 pub async fn check(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
     let p = &call.params;
     let vmid = target(&node, p)?;
@@ -183,18 +180,7 @@ pub async fn check(State(node): State<Arc<Node>>, call: Call) -> ApiResult {
             "is_unused": unused.contains(&volid) || !referenced.contains(&volid),
         }));
     }
-    let local_resources: Vec<String> = conf
-        .main
-        .props
-        .keys()
-        .filter(|k| {
-            LOCAL_DEVICE_KEYS.iter().any(|prefix| {
-                k.strip_prefix(prefix)
-                    .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
-            })
-        })
-        .cloned()
-        .collect();
+    let local_resources = crate::vm::migrate::local_devices(conf);
 
     // Nodes that answer and have every storage the VM's volumes use.
     let mut allowed = Vec::new();

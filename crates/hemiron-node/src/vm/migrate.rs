@@ -188,6 +188,24 @@ impl IncomingTable {
     }
 }
 
+/// Config keys for host devices a VM cannot take along.
+const LOCAL_DEVICE_KEYS: &[&str] = &["hostpci", "usb", "serial", "parallel"];
+
+/// The config's host devices (`hostpci0`, `usb1`, …): they keep a VM on its node.
+pub fn local_devices(conf: &VmConfig) -> Vec<String> {
+    conf.main
+        .props
+        .keys()
+        .filter(|k| {
+            LOCAL_DEVICE_KEYS.iter().any(|prefix| {
+                k.strip_prefix(prefix)
+                    .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
 /// `1.5 GiB`.
 pub fn human_bytes(bytes: f64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -591,15 +609,10 @@ impl VmManager {
                 }
             }
         }
-        for key in ["hostpci", "usb", "serial", "parallel"] {
-            if let Some(k) = conf.main.props.keys().find(|k| {
-                k.strip_prefix(key)
-                    .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
-            }) {
-                return Err(VmError::Refused(format!(
-                    "can't migrate VM which uses local devices: {k}"
-                )));
-            }
+        if let Some(k) = local_devices(conf).first() {
+            return Err(VmError::Refused(format!(
+                "can't migrate VM which uses local devices: {k}"
+            )));
         }
         if live && !out.is_empty() && !req.with_local_disks {
             return Err(VmError::Refused(
