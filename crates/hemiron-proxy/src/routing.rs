@@ -7,14 +7,57 @@
 //! override may also name an *idle* version (declared, not in the rollout — e.g. to try a
 //! release before its rollout starts), as long as it is healthy.
 //!
-//! Weights are basis points (10,000 = 100%). A new session draws a *ticket* (a counter);
-//! `ticket × 7919 mod 10,000` walks every bucket of 0..10,000 once per 10,000 tickets (7919 is
-//! coprime with 10,000) in a well-mixed order, so the shares are exact over every 10,000 new
-//! sessions and close to exact over any few hundred, with no randomness to be unlucky with.
+//! Weights are basis points (10,000 = 100%). A new session draws a *ticket* (a counter) and
+//! the ticket a *bucket* of 0..10,000 by a permuted-block design: each run of 100 tickets
+//! takes each whole-percent band once, in an order shuffled per run by a keyed permutation,
+//! and the position inside the band steps through all 100 over 100 runs. So the shares are
+//! exact over every 10,000 new sessions, within one session per version over any aligned
+//! 100, and *which* requests go to a version is well mixed in time. The mixing matters to the
+//! canary analysis: its Mann–Whitney test assumes requests reach versions independently of
+//! when they come, and a fixed stride (an earlier design) sent a 10% canary its requests in
+//! clumps every fifth ticket, so moments of host noise fell on one version in bursts and an
+//! A/A run could fail.
 
 /// Basis points in 100%.
 pub const TOTAL: u32 = 10_000;
-const STRIDE: u64 = 7_919;
+/// Tickets per block; each block visits every band of `TOTAL / BLOCK` basis points once.
+const BLOCK: u64 = 100;
+/// Steps the position inside a band from block to block (coprime with `BLOCK`).
+const FINE_STRIDE: u64 = 37;
+
+/// The bucket (0..`TOTAL`) of a ticket; see the module note.
+fn bucket(ticket: u64) -> u64 {
+    let block = ticket / BLOCK;
+    let band = shuffle(ticket % BLOCK, block);
+    let fine = (block % BLOCK) * FINE_STRIDE % BLOCK;
+    band * (u64::from(TOTAL) / BLOCK) + fine
+}
+
+/// A permutation of 0..`BLOCK`, a different one per `key`: a 4-round Feistel network on
+/// 8 bits, cycle-walked back into range (a bijection of 0..256 walked from inside 0..100
+/// lands inside it again, and distinct starts land on distinct ends).
+fn shuffle(x: u64, key: u64) -> u64 {
+    let mut x = x;
+    loop {
+        let (mut l, mut r) = (x >> 4, x & 0xf);
+        for round in 0..4u64 {
+            let f = mix(key ^ (round << 56) ^ r) & 0xf;
+            (l, r) = (r, l ^ f);
+        }
+        x = (l << 4) | r;
+        if x < BLOCK {
+            return x;
+        }
+    }
+}
+
+/// SplitMix64's finalizer: every input bit reaches every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// Whether a version takes new work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,8 +192,7 @@ impl Table {
         };
         let total: u64 = eligible().map(|v| u64::from(v.weight)).sum();
         if total > 0 {
-            let bucket = ticket.wrapping_mul(STRIDE) % u64::from(TOTAL);
-            let point = bucket * total / u64::from(TOTAL);
+            let point = bucket(ticket) * total / u64::from(TOTAL);
             let mut acc = 0u64;
             for v in eligible() {
                 acc += u64::from(v.weight);
@@ -207,10 +249,41 @@ mod tests {
         let t = Table::new(vec![v("stable", 9000), v("canary", 1000)], 1).unwrap();
         assert_eq!(shares(&t, 10_000), [9000, 1000]);
         // Any stretch of a few hundred is close too.
-        let c = (5_000..5_300u64)
-            .filter(|k| t.choose(Ask::default(), *k).unwrap().version.id == "canary")
-            .count();
-        assert!((24..=36).contains(&c), "{c} of 300");
+        for start in [5_000u64, 5_050, 123] {
+            let c = (start..start + 300)
+                .filter(|k| t.choose(Ask::default(), *k).unwrap().version.id == "canary")
+                .count();
+            assert!((28..=32).contains(&c), "{c} of 300 from {start}");
+        }
+    }
+
+    #[test]
+    fn buckets_are_a_permutation_per_ten_thousand() {
+        for base in [0u64, 10_000, 7 * 10_000] {
+            let mut seen = vec![false; TOTAL as usize];
+            for t in base..base + u64::from(TOTAL) {
+                let b = bucket(t) as usize;
+                assert!(!seen[b], "bucket {b} twice");
+                seen[b] = true;
+            }
+        }
+    }
+
+    /// Whether ticket k goes to a 10% canary says nothing about ticket k + lag: the pairs
+    /// both on the canary come at the independent rate (1%), at every short lag.
+    #[test]
+    fn a_canary_gets_its_requests_unclumped() {
+        let t = Table::new(vec![v("stable", 9000), v("canary", 1000)], 1).unwrap();
+        let on: Vec<bool> = (0..20_000u64)
+            .map(|k| t.choose(Ask::default(), k).unwrap().version.id == "canary")
+            .collect();
+        for lag in 1..=20 {
+            let both = (0..on.len() - lag)
+                .filter(|&k| on[k] && on[k + lag])
+                .count();
+            // 200 expected; a stride-like pattern gives 0 or over 1000 at some lag.
+            assert!((120..=290).contains(&both), "lag {lag}: {both}");
+        }
     }
 
     #[test]
