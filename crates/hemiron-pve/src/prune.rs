@@ -155,7 +155,7 @@ pub struct Backup {
     pub protected: bool,
 }
 
-/// The period a backup falls in for option `index` of [`KEYS`].
+/// The period a backup falls in for option `index` of [`KEYS`], its time taken at `offset`.
 fn period(index: usize, ctime: i64, offset: UtcOffset) -> (i64, i64, i64, i64) {
     let Ok(t) = OffsetDateTime::from_unix_timestamp(ctime) else {
         // Outside time's range: each such backup is a period of its own.
@@ -183,6 +183,16 @@ fn period(index: usize, ctime: i64, offset: UtcOffset) -> (i64, i64, i64, i64) {
 
 /// Marks each of `backups` (in any order; the marks come back in the same order).
 pub fn mark(backups: &[Backup], opts: &PruneOptions, offset: UtcOffset) -> Vec<Mark> {
+    mark_in(backups, opts, |_| offset)
+}
+
+/// [`mark`] with the periods taken in a zone whose offset changes (summer time): `offset_at`
+/// gives the zone's offset at a Unix time.
+pub fn mark_in(
+    backups: &[Backup],
+    opts: &PruneOptions,
+    offset_at: impl Fn(i64) -> UtcOffset,
+) -> Vec<Mark> {
     let mut marks: Vec<Option<Mark>> = backups
         .iter()
         .map(|b| b.protected.then_some(Mark::Protected))
@@ -197,7 +207,7 @@ pub fn mark(backups: &[Backup], opts: &PruneOptions, offset: UtcOffset) -> Vec<M
             Some(n) if n > 0 => n,
             _ => continue,
         };
-        let id = |i: usize| period(index, backups[i].ctime, offset);
+        let id = |i: usize| period(index, backups[i].ctime, offset_at(backups[i].ctime));
         // Periods an earlier option already covers are left to it.
         let covered: std::collections::HashSet<_> = order
             .iter()

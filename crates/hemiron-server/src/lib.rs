@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod authz;
+pub mod backups;
 pub mod error;
 pub mod fleet;
 pub mod identity;

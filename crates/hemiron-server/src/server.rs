@@ -108,6 +108,7 @@ pub async fn start(
         clients: Default::default(),
         wakeup: Default::default(),
         auth_cache: Default::default(),
+        clock: opts.settings.clock.clone(),
     };
     bootstrap_admin(&svc, opts.admin_password.clone()).await?;
     if db.backend() == crate::store::Backend::Sqlite {
@@ -135,6 +136,7 @@ pub async fn start(
     let url = format!("{scheme}://{addr}");
     crate::jobs::runner::spawn(svc.clone(), svc.wakeup.clone());
     tokio::spawn(crate::fleet::reconciler::run(svc.clone()));
+    tokio::spawn(crate::backups::scheduler::run(svc.clone()));
 
     let state = AppState {
         svc: svc.clone(),

@@ -27,6 +27,8 @@ pub struct Settings {
     pub job_lease: Duration,
     /// Job workers per server.
     pub workers: usize,
+    /// The clock of schedules and backup times.
+    pub clock: crate::backups::clock::Clock,
 }
 
 impl Default for Settings {
@@ -42,6 +44,7 @@ impl Default for Settings {
             reconcile_interval: Duration::from_secs(30),
             job_lease: Duration::from_secs(30),
             workers: 4,
+            clock: crate::backups::clock::Clock::system(),
         }
     }
 }
@@ -57,6 +60,8 @@ pub struct Services {
     pub wakeup: crate::jobs::runner::Wakeup,
     /// Principals authenticated in the last second.
     pub auth_cache: crate::identity::cache::AuthCache,
+    /// The clock of schedules and backup times (see [`crate::backups::clock`]).
+    pub clock: crate::backups::clock::Clock,
 }
 
 /// Who calls a service, and from where (for the audit log).

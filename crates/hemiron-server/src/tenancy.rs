@@ -222,11 +222,19 @@ fn check_size(p: &mut Problems, s: &Size) {
     p.check((1..=65536).contains(&s.disk_gib), "disk_gib", "1 to 65536");
 }
 
+/// Backups a plan keeps per VPS when its creator does not say.
+pub const DEFAULT_PLAN_BACKUPS: i64 = 7;
+
+fn check_backups(p: &mut Problems, backups: i64) {
+    p.check((0..=1000).contains(&backups), "backups", "0 to 1000");
+}
+
 pub async fn create_plan(
     svc: &Services,
     caller: &Caller,
     name: &str,
     size: Size,
+    backups: Option<i64>,
 ) -> Result<PlanRow, ServiceError> {
     let who = caller.who()?;
     authorize(who, Area::Plans, Access::Write, Owner::Platform)
@@ -234,6 +242,8 @@ pub async fn create_plan(
     let mut p = Problems::default();
     check_name(&mut p, name);
     check_size(&mut p, &size);
+    let backups = backups.unwrap_or(DEFAULT_PLAN_BACKUPS);
+    check_backups(&mut p, backups);
     p.finish()?;
     let now = now_ms();
     let plan = PlanRow {
@@ -242,6 +252,7 @@ pub async fn create_plan(
         vcpus: size.vcpus,
         memory_mib: size.memory_mib,
         disk_gib: size.disk_gib,
+        backups,
         version: 1,
         created_at: now,
         updated_at: now,
@@ -256,7 +267,7 @@ pub async fn create_plan(
             format!("plan:{}", plan.id),
             None,
             Some(format!(
-                "name={name} vcpus={} memory_mib={} disk_gib={}",
+                "name={name} vcpus={} memory_mib={} disk_gib={} backups={backups}",
                 size.vcpus, size.memory_mib, size.disk_gib
             )),
         )
@@ -292,6 +303,7 @@ pub async fn update_plan(
     version: i64,
     name: Option<&str>,
     size: Option<Size>,
+    backups: Option<i64>,
 ) -> Result<PlanRow, ServiceError> {
     let who = caller.who()?.clone();
     authorize(&who, Area::Plans, Access::Write, Owner::Platform)
@@ -302,6 +314,9 @@ pub async fn update_plan(
     }
     if let Some(s) = &size {
         check_size(&mut p, s);
+    }
+    if let Some(b) = backups {
+        check_backups(&mut p, b);
     }
     p.finish()?;
     let mut plan = store::plan(&svc.db, id)
@@ -317,6 +332,9 @@ pub async fn update_plan(
         plan.vcpus = s.vcpus;
         plan.memory_mib = s.memory_mib;
         plan.disk_gib = s.disk_gib;
+    }
+    if let Some(b) = backups {
+        plan.backups = b;
     }
     plan.updated_at = now_ms();
     let mut tx = svc.db.begin().await?;

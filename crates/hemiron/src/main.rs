@@ -343,6 +343,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     cpu_overcommit: args.cpu_overcommit,
                     workers: args.workers,
                     job_lease: args.job_lease,
+                    clock: hemiron_server::backups::clock::Clock::from_env()?,
                     ..Default::default()
                 },
             };

@@ -265,7 +265,7 @@ async fn defaults(svc: &Services, caller: &Caller) -> anyhow::Result<()> {
             memory_mib: 256,
             disk_gib: 2,
         };
-        t::create_plan(svc, caller, "small", size)
+        t::create_plan(svc, caller, "small", size, None)
             .await
             .map_err(|e| anyhow::anyhow!(hemiron_server::error_chain(&e)))?;
     }

@@ -5,6 +5,7 @@
 //! Everything under `/api/v1` but login and the documents needs credentials (401 without).
 
 pub mod auth;
+pub mod backups;
 pub mod extract;
 pub mod fleet;
 pub mod idempotency;
@@ -67,6 +68,7 @@ pub struct AppState {
         (name = "audit", description = "Audit log"),
         (name = "infra", description = "Clusters and nodes"),
         (name = "vps", description = "VPSes, templates, jobs"),
+        (name = "backups", description = "Backups of VPSes, their schedules and restores"),
     )
 )]
 struct ApiDoc;
@@ -95,6 +97,7 @@ pub fn api_routes() -> (Router<AppState>, OpenApi) {
         .merge(tokens::router())
         .merge(tenants::router())
         .merge(fleet::router())
+        .merge(backups::router())
         .split_for_parts();
     (router, api)
 }

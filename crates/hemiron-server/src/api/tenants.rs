@@ -199,6 +199,9 @@ pub struct CreatePlan {
     pub vcpus: i64,
     pub memory_mib: i64,
     pub disk_gib: i64,
+    /// How many backups a VPS of the plan may keep (0: none; 7 when left out).
+    #[serde(default)]
+    pub backups: Option<i64>,
 }
 
 /// Create a plan.
@@ -222,7 +225,7 @@ async fn create_plan(
         memory_mib: req.memory_mib,
         disk_gib: req.disk_gib,
     };
-    let p = tenancy::create_plan(&app.svc, &caller, &req.name, size).await?;
+    let p = tenancy::create_plan(&app.svc, &caller, &req.name, size, req.backups).await?;
     Ok(created(
         &format!("/api/v1/plans/{}", p.id),
         p.version,
@@ -255,6 +258,7 @@ pub struct UpdatePlan {
     pub vcpus: Option<i64>,
     pub memory_mib: Option<i64>,
     pub disk_gib: Option<i64>,
+    pub backups: Option<i64>,
 }
 
 /// Change a plan (VPSes made from it keep their size).
@@ -293,6 +297,7 @@ async fn update_plan(
         version,
         req.name.as_deref(),
         size,
+        req.backups,
     )
     .await?;
     Ok(tagged(StatusCode::OK, p.version, &Plan::from(p)))

@@ -175,6 +175,8 @@ pub struct Plan {
     pub vcpus: i64,
     pub memory_mib: i64,
     pub disk_gib: i64,
+    /// How many backups a VPS of the plan may keep (0: none).
+    pub backups: i64,
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
@@ -188,6 +190,7 @@ impl From<PlanRow> for Plan {
             vcpus: p.vcpus,
             memory_mib: p.memory_mib,
             disk_gib: p.disk_gib,
+            backups: p.backups,
             version: p.version,
             created_at: time(p.created_at),
             updated_at: time(p.updated_at),

@@ -308,7 +308,7 @@ async fn place(
     )))
 }
 
-async fn new_job<P: Serialize>(
+pub(crate) async fn new_job<P: Serialize>(
     tx: &mut Tx,
     kind: &str,
     vps: &VpsRow,
@@ -351,7 +351,7 @@ pub async fn list(
 }
 
 /// Loads a VPS for a change: visible, writable, settled, and no other job running on it.
-async fn for_change(tx: &mut Tx, caller: &Caller, id: &str) -> Result<VpsRow, ServiceError> {
+pub(crate) async fn for_change(tx: &mut Tx, caller: &Caller, id: &str) -> Result<VpsRow, ServiceError> {
     let who = caller.who()?;
     let v = store::vps_tx(tx, id)
         .await?
@@ -541,6 +541,9 @@ pub async fn delete(
         return Err(ServiceError::stale("VPS", v.version));
     }
     v.version += 1;
+    // Its schedules go with the request (no backup starts after it); the job removes its
+    // backups' archives.
+    crate::store::backups::delete_schedules_of_vps(&mut tx, &v.id).await?;
     let job = new_job(&mut tx, "vps.delete", &v, &payload).await?;
     caller
         .commit(

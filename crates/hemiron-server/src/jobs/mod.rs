@@ -8,6 +8,7 @@
 //! at its next write. Transient failures (the cluster unreachable) put the job back in the
 //! queue with a growing delay; permanent ones undo what the job made and mark it failed.
 
+pub mod backup;
 pub mod drain;
 pub mod migrate;
 pub mod runner;

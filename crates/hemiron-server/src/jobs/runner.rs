@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use super::{drain, migrate, vps_jobs, Claim, JobError};
+use super::{backup, drain, migrate, vps_jobs, Claim, JobError};
 use crate::service::Services;
 use crate::store::{jobs, new_id, now_ms};
 
@@ -121,6 +121,9 @@ async fn dispatch(svc: &Services, mut claim: Claim) -> Result<(), JobError> {
         "vps.delete" => vps_jobs::delete(svc, &mut claim).await,
         "vps.migrate" => migrate::run(svc, &mut claim).await,
         "node.drain" => drain::run(svc, &mut claim).await,
+        "vps.backup" => backup::run(svc, &mut claim).await,
+        "backup.delete" => backup::delete(svc, &mut claim).await,
+        "vps.restore" => backup::restore(svc, &mut claim).await,
         other => Err(JobError::Permanent(format!("unknown job kind {other:?}"))),
     };
     let fail = match &result {
@@ -134,6 +137,9 @@ async fn dispatch(svc: &Services, mut claim: Claim) -> Result<(), JobError> {
         match claim.job.kind.as_str() {
             "vps.migrate" => migrate::fail(svc, &mut claim, &error).await?,
             "node.drain" => drain::fail(svc, &mut claim, &error).await?,
+            "vps.backup" | "backup.delete" | "vps.restore" => {
+                backup::fail(svc, &mut claim, &error).await?
+            }
             _ => vps_jobs::fail(svc, &mut claim, &error).await?,
         }
     }

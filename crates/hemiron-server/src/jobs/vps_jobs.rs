@@ -104,7 +104,7 @@ pub(super) async fn wait_unlocked(t: &Target, vmid: i64) -> Result<(), JobError>
     }
 }
 
-async fn wait(t: &Target, upid: &str) -> Result<(), JobError> {
+pub(super) async fn wait(t: &Target, upid: &str) -> Result<(), JobError> {
     let status = t.client.wait_task(upid, TASK_TIMEOUT).await?;
     if status.succeeded() {
         Ok(())
@@ -282,7 +282,7 @@ fn boot_disk(
 }
 
 /// Grows the boot disk to `gib` if it is smaller.
-async fn grow_disk(t: &Target, vmid: i64, gib: i64) -> Result<(), JobError> {
+pub(super) async fn grow_disk(t: &Target, vmid: i64, gib: i64) -> Result<(), JobError> {
     let cfg = config_of(t, vmid)
         .await?
         .ok_or_else(|| JobError::Permanent(format!("VM {vmid} vanished")))?;
@@ -324,7 +324,7 @@ fn parse_size_bytes(s: &str) -> Option<i64> {
 
 /// Waits (up to a minute) for the VM to run and reads its forwarded SSH and web addresses
 /// (Hemiron nodes report them; on real Proxmox VE there are none).
-async fn addresses(t: &Target, vmid: i64) -> Result<(Option<String>, Option<String>), JobError> {
+pub(super) async fn addresses(t: &Target, vmid: i64) -> Result<(Option<String>, Option<String>), JobError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = t.client.vm_status(&t.node, vmid_u32(vmid)?).await?;
@@ -343,7 +343,7 @@ async fn addresses(t: &Target, vmid: i64) -> Result<(Option<String>, Option<Stri
 }
 
 /// Writes the VPS's new state, an event and the job's success in one transaction.
-async fn complete(
+pub(super) async fn complete(
     svc: &Services,
     claim: &mut Claim,
     mut vps: VpsRow,
@@ -557,6 +557,7 @@ pub async fn delete(svc: &Services, claim: &mut Claim) -> Result<(), JobError> {
             }
         }
     }
+    super::backup::remove_all_of_vps(svc, &t.vps.id).await?;
     let payload: DeletePayload = claim.payload()?;
     let mut vps = t.vps.clone();
     let mut tx = svc.db.begin().await?;

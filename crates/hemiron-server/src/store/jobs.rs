@@ -190,6 +190,22 @@ pub async fn active_for_vps(tx: &mut Tx, vps_id: &str) -> Result<i64, StoreError
     Ok(n)
 }
 
+/// The kind of a queued or running job of the VPS older than job `id` (created at
+/// `created_at`), if there is one.
+pub async fn older_active_for_vps(
+    tx: &mut Tx,
+    vps_id: &str,
+    id: &str,
+    created_at: i64,
+) -> Result<Option<String>, StoreError> {
+    let kind: Option<String> = on_tx!(tx, x => sqlx::query_scalar(
+        "SELECT kind FROM jobs WHERE vps_id = $1 AND state IN ('queued', 'running') \
+         AND id <> $2 AND (created_at < $3 OR (created_at = $3 AND id < $2)) \
+         ORDER BY created_at LIMIT 1")
+        .bind(vps_id).bind(id).bind(created_at).fetch_optional(x).await)?;
+    Ok(kind)
+}
+
 pub async fn jobs_of_vps(db: &Db, vps_id: &str, limit: i64) -> Result<Vec<JobRow>, StoreError> {
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE vps_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"

@@ -12,6 +12,7 @@
 //! `FILE.lock` and holds it while the store lives; a second server fails to start.
 
 pub mod audit;
+pub mod backups;
 pub mod fleet;
 pub mod idempotency;
 pub mod identity;

@@ -99,19 +99,22 @@ pub struct PlanRow {
     pub vcpus: i64,
     pub memory_mib: i64,
     pub disk_gib: i64,
+    /// How many backups a VPS of the plan may keep (0: none).
+    pub backups: i64,
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
-const PLAN_COLUMNS: &str = "id, name, vcpus, memory_mib, disk_gib, version, created_at, updated_at";
+const PLAN_COLUMNS: &str =
+    "id, name, vcpus, memory_mib, disk_gib, backups, version, created_at, updated_at";
 
 pub async fn insert_plan(tx: &mut Tx, p: &PlanRow) -> Result<(), StoreError> {
     on_tx!(tx, c => sqlx::query(
-        "INSERT INTO plans (id, name, vcpus, memory_mib, disk_gib, version, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        "INSERT INTO plans (id, name, vcpus, memory_mib, disk_gib, version, created_at, updated_at, \
+         backups) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
         .bind(&p.id).bind(&p.name).bind(p.vcpus).bind(p.memory_mib).bind(p.disk_gib)
-        .bind(p.version).bind(p.created_at).bind(p.updated_at)
+        .bind(p.version).bind(p.created_at).bind(p.updated_at).bind(p.backups)
         .execute(c).await.map(|r| r.rows_affected()))?;
     Ok(())
 }
@@ -119,9 +122,9 @@ pub async fn insert_plan(tx: &mut Tx, p: &PlanRow) -> Result<(), StoreError> {
 pub async fn update_plan(tx: &mut Tx, p: &PlanRow) -> Result<bool, StoreError> {
     let done = on_tx!(tx, c => sqlx::query(
         "UPDATE plans SET name = $2, vcpus = $3, memory_mib = $4, disk_gib = $5, \
-         version = version + 1, updated_at = $6 WHERE id = $1 AND version = $7")
+         backups = $8, version = version + 1, updated_at = $6 WHERE id = $1 AND version = $7")
         .bind(&p.id).bind(&p.name).bind(p.vcpus).bind(p.memory_mib).bind(p.disk_gib)
-        .bind(p.updated_at).bind(p.version)
+        .bind(p.updated_at).bind(p.version).bind(p.backups)
         .execute(c).await.map(|r| r.rows_affected()))?;
     Ok(done == 1)
 }
