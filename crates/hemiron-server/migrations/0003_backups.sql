@@ -24,6 +24,7 @@ CREATE TABLE backups (
     -- When it was taken, on the control plane's clock (retention counts periods by it).
     taken_at BIGINT NOT NULL,
     error TEXT,
+    version BIGINT NOT NULL,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );

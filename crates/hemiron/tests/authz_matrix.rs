@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use common::control::{Backend, Client, Server, BACKENDS};
 use common::rows;
+use hemiron_server::store::backups as backupstore;
 use hemiron_server::store::fleet::{self, TemplateRow};
 use hemiron_server::store::jobs as jobstore;
 use hemiron_server::store::tenancy;
@@ -199,6 +200,17 @@ fn expected(op: &str, role: Role, scope: Scope) -> Option<u16> {
             }
         }
         "GET /jobs/{id}" => tenant_obj(true, 200),
+
+        "GET /vps/{id}/backups"
+        | "GET /vps/{id}/backups/{backup}"
+        | "GET /vps/{id}/backup-schedules"
+        | "GET /vps/{id}/backup-schedules/{schedule}" => tenant_obj(true, 200),
+        "POST /vps/{id}/backups"
+        | "DELETE /vps/{id}/backups/{backup}"
+        | "POST /vps/{id}/backups/{backup}/restore" => tenant_obj(role != Viewer, 202),
+        "POST /vps/{id}/backup-schedules" => tenant_obj(role != Viewer, 201),
+        "PATCH /vps/{id}/backup-schedules/{schedule}" => tenant_obj(role != Viewer, 200),
+        "DELETE /vps/{id}/backup-schedules/{schedule}" => tenant_obj(role != Viewer, 204),
         _ => return None,
     })
 }
@@ -272,7 +284,7 @@ impl Fixture {
 }
 
 const CASES_PER_OP: usize = 10;
-const SEEDED_VPS: i64 = (CASES_PER_OP * 8) as i64;
+const SEEDED_VPS: i64 = (CASES_PER_OP * 20) as i64;
 
 /// Writes tenants, a cluster with a node and a template, and VPSes with jobs into the store.
 async fn seed(
@@ -326,7 +338,7 @@ async fn seed(
     let mut jobs = Vec::new();
     let mut tx = db.begin().await.unwrap();
     for (t, tenant) in tenants.iter().enumerate() {
-        for i in 0..CASES_PER_OP * 8 {
+        for i in 0..CASES_PER_OP * 20 {
             let vmid = 100 + i64::try_from(i).unwrap();
             let v = rows::vps(
                 &format!("vps-{t}-{i}"),
@@ -337,6 +349,10 @@ async fn seed(
                 now,
             );
             fleet::insert_vps(&mut tx, &v).await.unwrap();
+            // Each with a backup made, for the cases on one.
+            backupstore::insert_backup(&mut tx, &rows::backup(&v))
+                .await
+                .unwrap();
             vps.push((tenant.clone(), v.id.clone()));
         }
         for i in 0..CASES_PER_OP {
@@ -492,7 +508,10 @@ fn run_matrix(backend: Backend) {
 
 /// A path with placeholder ids (for anonymous calls).
 fn concrete(path: &str) -> String {
-    path.replace("{id}", "x").replace("{action}", "start")
+    path.replace("{id}", "x")
+        .replace("{action}", "start")
+        .replace("{backup}", "x")
+        .replace("{schedule}", "x")
 }
 
 type Request = (String, String, Option<Value>, Vec<(String, String)>);
@@ -642,6 +661,48 @@ fn request(
             };
             r(
                 path.replace("{id}", &id).replace("{action}", "stop"),
+                body,
+                any(),
+            )
+        }
+        "GET /vps/{id}/backups"
+        | "POST /vps/{id}/backups"
+        | "GET /vps/{id}/backups/{backup}"
+        | "DELETE /vps/{id}/backups/{backup}"
+        | "POST /vps/{id}/backups/{backup}/restore"
+        | "GET /vps/{id}/backup-schedules"
+        | "POST /vps/{id}/backup-schedules" => {
+            // The seeded backup is at version 1.
+            let id = fx.take_vps(scope);
+            let body = match op {
+                "POST /vps/{id}/backups" => Some(json!({"mode": "snapshot"})),
+                "POST /vps/{id}/backup-schedules" => {
+                    Some(json!({"cron": "0 3 * * *", "keep_daily": 3}))
+                }
+                _ => None,
+            };
+            r(
+                path.replace("{id}", &id)
+                    .replace("{backup}", &rows::backup_id(&id)),
+                body,
+                any(),
+            )
+        }
+        "GET /vps/{id}/backup-schedules/{schedule}"
+        | "PATCH /vps/{id}/backup-schedules/{schedule}"
+        | "DELETE /vps/{id}/backup-schedules/{schedule}" => {
+            let id = fx.take_vps(scope);
+            let s = fx
+                .admin
+                .post(
+                    &format!("/vps/{id}/backup-schedules"),
+                    &json!({"cron": "0 3 * * *", "timezone": "Europe/Paris", "keep_last": 2}),
+                )
+                .expect(201);
+            let body = (method == "PATCH").then(|| json!({"keep_last": 3}));
+            r(
+                path.replace("{id}", &id)
+                    .replace("{schedule}", s["id"].as_str().unwrap()),
                 body,
                 any(),
             )

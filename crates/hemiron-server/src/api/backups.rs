@@ -151,7 +151,7 @@ async fn create_backup(
     params(("id" = String, Path, description = "VPS id"),
            ("backup" = String, Path, description = "Backup id")),
     responses(
-        (status = 200, description = "The backup", body = Backup),
+        (status = 200, description = "The backup; ETag: its version", body = Backup),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such VPS or backup", body = Problem, content_type = "application/problem+json"),
@@ -160,27 +160,32 @@ async fn get_backup(
     State(app): State<AppState>,
     Authed(caller): Authed,
     Path((id, backup)): Path<(String, String)>,
-) -> Result<Json<Backup>, ApiError> {
-    Ok(Json(backups::get(&app.svc, &caller, &id, &backup).await?.into()))
+) -> Result<Response, ApiError> {
+    let b = backups::get(&app.svc, &caller, &id, &backup).await?;
+    Ok(tagged(StatusCode::OK, b.version, &Backup::from(b)))
 }
 
 /// Delete a backup (its archive, then its record).
 #[utoipa::path(delete, path = "/vps/{id}/backups/{backup}", tag = "backups",
     params(("id" = String, Path, description = "VPS id"),
-           ("backup" = String, Path, description = "Backup id")),
+           ("backup" = String, Path, description = "Backup id"),
+           ("If-Match" = String, Header, description = "The ETag last read")),
     responses(
         (status = 202, description = "Accepted; follow the job", body = Job),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such VPS or backup", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Busy, or the backup is not available", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "Stale If-Match", body = Problem, content_type = "application/problem+json"),
+        (status = 428, description = "If-Match missing", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn delete_backup(
     State(app): State<AppState>,
     Authed(caller): Authed,
     Path((id, backup)): Path<(String, String)>,
+    IfMatch(version): IfMatch,
 ) -> Result<Response, ApiError> {
-    let job = backups::delete(&app.svc, &caller, &id, &backup).await?;
+    let job = backups::delete(&app.svc, &caller, &id, &backup, version).await?;
     Ok((StatusCode::ACCEPTED, Json(Job::from(job))).into_response())
 }
 

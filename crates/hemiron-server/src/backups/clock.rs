@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 /// What `HEMIRON_TEST_CLOCK` holds that is not a clock.
 #[derive(Debug, thiserror::Error)]
-#[error("HEMIRON_TEST_CLOCK={value:?}: {reason} (expected START*RATE, e.g. 2027-03-01T00:00:00Z*3600)")]
+#[error(
+    "HEMIRON_TEST_CLOCK={value:?}: {reason} (expected START*RATE, e.g. 2027-03-01T00:00:00Z*3600)"
+)]
 pub struct ClockSpecError {
     value: String,
     reason: String,
@@ -123,7 +125,13 @@ mod tests {
 
     #[test]
     fn bad_specs_are_refused() {
-        for bad in ["", "2027-03-01T00:00:00Z", "yesterday*2", "2027-03-01T00:00:00Z*0", "2027-03-01T00:00:00Z*x"] {
+        for bad in [
+            "",
+            "2027-03-01T00:00:00Z",
+            "yesterday*2",
+            "2027-03-01T00:00:00Z*0",
+            "2027-03-01T00:00:00Z*x",
+        ] {
             assert!(Clock::parse(bad).is_err(), "{bad}");
         }
     }

@@ -35,11 +35,7 @@ pub struct NewBackup {
 }
 
 fn check_mode(p: &mut Problems, mode: &str) {
-    p.check(
-        MODES.contains(&mode),
-        "mode",
-        "snapshot, suspend or stop",
-    );
+    p.check(MODES.contains(&mode), "mode", "snapshot, suspend or stop");
 }
 
 /// How many backups the VPS's plan allows.
@@ -90,6 +86,7 @@ pub(crate) async fn queue_backup(
         state: "creating".into(),
         taken_at,
         error: None,
+        version: 1,
         created_at: now,
         updated_at: now,
     };
@@ -132,7 +129,11 @@ pub async fn create(
     let mut p = Problems::default();
     check_mode(&mut p, &mode);
     if let Some(n) = &new.notes {
-        p.check(n.len() <= 1024 && !n.contains('\n'), "notes", "one line of at most 1024 bytes");
+        p.check(
+            n.len() <= 1024 && !n.contains('\n'),
+            "notes",
+            "one line of at most 1024 bytes",
+        );
     }
     p.finish()?;
     let mut tx = svc.db.begin().await?;
@@ -167,11 +168,7 @@ pub async fn create(
 }
 
 /// A VPS's available backup, for a change.
-async fn available(
-    tx: &mut Tx,
-    vps: &VpsRow,
-    backup_id: &str,
-) -> Result<BackupRow, ServiceError> {
+async fn available(tx: &mut Tx, vps: &VpsRow, backup_id: &str) -> Result<BackupRow, ServiceError> {
     let b = store::backup_tx(tx, backup_id)
         .await?
         .filter(|b| b.vps_id == vps.id && b.state != "deleted")
@@ -188,10 +185,14 @@ pub async fn delete(
     caller: &Caller,
     vps_id: &str,
     backup_id: &str,
+    version: i64,
 ) -> Result<JobRow, ServiceError> {
     let mut tx = svc.db.begin().await?;
     let v = for_change(&mut tx, caller, vps_id).await?;
     let b = available(&mut tx, &v, backup_id).await?;
+    if b.version != version {
+        return Err(ServiceError::stale("backup", b.version));
+    }
     store::set_backup_state(&mut tx, &b.id, "deleting", None, now_ms()).await?;
     let job = new_job(
         &mut tx,
@@ -386,7 +387,10 @@ pub async fn create_schedule(
         updated_at: now,
     };
     if s.cron.trim().is_empty() {
-        return Err(ServiceError::invalid("cron", "required (e.g. \"0 3 * * *\")"));
+        return Err(ServiceError::invalid(
+            "cron",
+            "required (e.g. \"0 3 * * *\")",
+        ));
     }
     settle(svc, &mut tx, &v, &mut s).await?;
     store::insert_schedule(&mut tx, &s).await?;
@@ -396,7 +400,10 @@ pub async fn create_schedule(
             "backup-schedule.create",
             format!("vps:{}", v.id),
             Some(v.tenant_id.clone()),
-            Some(format!("schedule={} cron={:?} timezone={}", s.id, s.cron, s.timezone)),
+            Some(format!(
+                "schedule={} cron={:?} timezone={}",
+                s.id, s.cron, s.timezone
+            )),
         )
         .await?;
     Ok(s)
@@ -419,7 +426,8 @@ pub async fn update_schedule(
     if s.version != version {
         return Err(ServiceError::stale("schedule", s.version));
     }
-    let timing_changed = spec.cron.is_some() || spec.timezone.is_some() || spec.enabled == Some(true);
+    let timing_changed =
+        spec.cron.is_some() || spec.timezone.is_some() || spec.enabled == Some(true);
     if let Some(c) = spec.cron {
         s.cron = c;
     }

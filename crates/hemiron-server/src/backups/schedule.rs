@@ -29,7 +29,9 @@ impl Timing {
     /// or an IANA name such as `Europe/Paris`).
     pub fn parse(cron: &str, zone: &str) -> Result<Timing, TimingError> {
         let zone = chrono_tz::Tz::from_str(zone).map_err(|_| {
-            TimingError::Zone(format!("{zone:?} is not an IANA time zone (e.g. UTC, Europe/Paris)"))
+            TimingError::Zone(format!(
+                "{zone:?} is not an IANA time zone (e.g. UTC, Europe/Paris)"
+            ))
         })?;
         let parser = CronParser::builder().seconds(Seconds::Disallowed).build();
         let cron = parser
@@ -124,7 +126,9 @@ mod tests {
     use chrono::{Datelike, Timelike};
 
     fn ms(s: &str) -> i64 {
-        chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .timestamp_millis()
     }
 
     fn local(t: &Timing, ms: i64) -> String {
@@ -152,17 +156,32 @@ mod tests {
         let t = Timing::parse("0 3 * * 1", "UTC").unwrap();
         let next = t.next_after(ms("2027-03-03T12:00:00Z")).unwrap();
         let d = chrono::Utc.timestamp_millis_opt(next).unwrap();
-        assert_eq!((d.weekday(), d.hour(), d.minute()), (chrono::Weekday::Mon, 3, 0));
+        assert_eq!(
+            (d.weekday(), d.hour(), d.minute()),
+            (chrono::Weekday::Mon, 3, 0)
+        );
         assert_eq!(next, ms("2027-03-08T03:00:00Z"));
         assert!(Timing::parse("@daily", "UTC").is_ok());
     }
 
     #[test]
     fn bad_timings_say_which_field() {
-        assert!(matches!(Timing::parse("0 3 * *", "UTC"), Err(TimingError::Cron(_))));
-        assert!(matches!(Timing::parse("61 3 * * *", "UTC"), Err(TimingError::Cron(_))));
-        assert!(matches!(Timing::parse("0 0 31 2 *", "UTC"), Err(TimingError::Cron(_))));
-        assert!(matches!(Timing::parse("0 3 * * *", "Mars/Olympus"), Err(TimingError::Zone(_))));
+        assert!(matches!(
+            Timing::parse("0 3 * *", "UTC"),
+            Err(TimingError::Cron(_))
+        ));
+        assert!(matches!(
+            Timing::parse("61 3 * * *", "UTC"),
+            Err(TimingError::Cron(_))
+        ));
+        assert!(matches!(
+            Timing::parse("0 0 31 2 *", "UTC"),
+            Err(TimingError::Cron(_))
+        ));
+        assert!(matches!(
+            Timing::parse("0 3 * * *", "Mars/Olympus"),
+            Err(TimingError::Zone(_))
+        ));
     }
 
     /// Proxmox's rule (each option keeps the newest backup of each of its next N periods

@@ -42,7 +42,12 @@ async fn tick(svc: &Services) -> Result<(), crate::error::ServiceError> {
     Ok(())
 }
 
-async fn event(tx: &mut Tx, s: &ScheduleRow, kind: &str, detail: String) -> Result<(), crate::store::StoreError> {
+async fn event(
+    tx: &mut Tx,
+    s: &ScheduleRow,
+    kind: &str,
+    detail: String,
+) -> Result<(), crate::store::StoreError> {
     fleet_store::add_event(
         tx,
         &EventRow {
@@ -57,7 +62,11 @@ async fn event(tx: &mut Tx, s: &ScheduleRow, kind: &str, detail: String) -> Resu
     .await
 }
 
-async fn run_one(svc: &Services, s: &ScheduleRow, now: i64) -> Result<(), crate::error::ServiceError> {
+async fn run_one(
+    svc: &Services,
+    s: &ScheduleRow,
+    now: i64,
+) -> Result<(), crate::error::ServiceError> {
     let timing = Timing::parse(&s.cron, &s.timezone).ok();
     // The next run after now: runs missed while no server was up are not made up one by one.
     let next = timing
@@ -95,7 +104,9 @@ async fn run_one(svc: &Services, s: &ScheduleRow, now: i64) -> Result<(), crate:
         Some(_) => None,
     };
     let queued = match (&vps, &skip) {
-        (Some(v), None) => Some(super::queue_backup(&mut tx, v, Some(&s.id), &s.mode, None, now).await?),
+        (Some(v), None) => {
+            Some(super::queue_backup(&mut tx, v, Some(&s.id), &s.mode, None, now).await?)
+        }
         _ => None,
     };
     let job_id = queued.as_ref().map(|(_, j)| j.id.as_str());
@@ -106,7 +117,13 @@ async fn run_one(svc: &Services, s: &ScheduleRow, now: i64) -> Result<(), crate:
     match (&skip, &queued) {
         (Some(why), _) => {
             tracing::info!(schedule = %s.id, reason = %why, "scheduled backup skipped");
-            event(&mut tx, s, "backup.skipped", format!("schedule {}: {why}", s.id)).await?;
+            event(
+                &mut tx,
+                s,
+                "backup.skipped",
+                format!("schedule {}: {why}", s.id),
+            )
+            .await?;
         }
         (None, Some((b, _))) => {
             let detail = if missed > 0 {

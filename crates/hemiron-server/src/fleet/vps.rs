@@ -351,7 +351,11 @@ pub async fn list(
 }
 
 /// Loads a VPS for a change: visible, writable, settled, and no other job running on it.
-pub(crate) async fn for_change(tx: &mut Tx, caller: &Caller, id: &str) -> Result<VpsRow, ServiceError> {
+pub(crate) async fn for_change(
+    tx: &mut Tx,
+    caller: &Caller,
+    id: &str,
+) -> Result<VpsRow, ServiceError> {
     let who = caller.who()?;
     let v = store::vps_tx(tx, id)
         .await?

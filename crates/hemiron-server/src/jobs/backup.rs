@@ -58,8 +58,8 @@ async fn after_older_jobs(svc: &Services, claim: &Claim) -> Result<(), JobError>
         return Ok(());
     };
     let mut tx = svc.db.begin().await?;
-    let older = jobs::older_active_for_vps(&mut tx, vps_id, &claim.job.id, claim.job.created_at)
-        .await?;
+    let older =
+        jobs::older_active_for_vps(&mut tx, vps_id, &claim.job.id, claim.job.created_at).await?;
     tx.commit().await?;
     match older {
         Some(kind) => Err(JobError::Transient(format!(
@@ -103,9 +103,7 @@ async fn backup_storage(t: &Target) -> Result<(String, bool), JobError> {
         .filter(|s| s.content.split(',').any(|c| c == "backup") && s.active != Some(0))
         .map(|s| (s.storage, s.shared == Some(1)))
         .max_by_key(|(_, shared)| *shared)
-        .ok_or_else(|| {
-            JobError::Permanent(format!("node {} has no storage for backups", t.node))
-        })
+        .ok_or_else(|| JobError::Permanent(format!("node {} has no storage for backups", t.node)))
 }
 
 /// `vps.backup`: start → dump → dumping → prune.

@@ -324,7 +324,10 @@ fn parse_size_bytes(s: &str) -> Option<i64> {
 
 /// Waits (up to a minute) for the VM to run and reads its forwarded SSH and web addresses
 /// (Hemiron nodes report them; on real Proxmox VE there are none).
-pub(super) async fn addresses(t: &Target, vmid: i64) -> Result<(Option<String>, Option<String>), JobError> {
+pub(super) async fn addresses(
+    t: &Target,
+    vmid: i64,
+) -> Result<(Option<String>, Option<String>), JobError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = t.client.vm_status(&t.node, vmid_u32(vmid)?).await?;

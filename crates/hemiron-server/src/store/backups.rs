@@ -23,22 +23,25 @@ pub struct BackupRow {
     pub state: String,
     pub taken_at: i64,
     pub error: Option<String>,
+    pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
 const BACKUP_COLUMNS: &str = "id, tenant_id, vps_id, schedule_id, job_id, cluster_id, node, \
-     storage, volid, size_bytes, mode, notes, state, taken_at, error, created_at, updated_at";
+     storage, volid, size_bytes, mode, notes, state, taken_at, error, version, created_at, \
+     updated_at";
 
 pub async fn insert_backup(tx: &mut Tx, b: &BackupRow) -> Result<(), StoreError> {
     on_tx!(tx, x => sqlx::query(
         "INSERT INTO backups (id, tenant_id, vps_id, schedule_id, job_id, cluster_id, node, \
-         storage, volid, size_bytes, mode, notes, state, taken_at, error, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)")
+         storage, volid, size_bytes, mode, notes, state, taken_at, error, created_at, updated_at, \
+         version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)")
         .bind(&b.id).bind(&b.tenant_id).bind(&b.vps_id).bind(&b.schedule_id).bind(&b.job_id)
         .bind(&b.cluster_id).bind(&b.node).bind(&b.storage).bind(&b.volid).bind(b.size_bytes)
         .bind(&b.mode).bind(&b.notes).bind(&b.state).bind(b.taken_at).bind(&b.error)
-        .bind(b.created_at).bind(b.updated_at)
+        .bind(b.created_at).bind(b.updated_at).bind(b.version)
         .execute(x).await.map(|r| r.rows_affected()))?;
     Ok(())
 }
@@ -47,7 +50,7 @@ pub async fn insert_backup(tx: &mut Tx, b: &BackupRow) -> Result<(), StoreError>
 pub async fn update_backup(tx: &mut Tx, b: &BackupRow) -> Result<(), StoreError> {
     on_tx!(tx, x => sqlx::query(
         "UPDATE backups SET node = $2, storage = $3, volid = $4, size_bytes = $5, state = $6, \
-         taken_at = $7, error = $8, updated_at = $9 WHERE id = $1")
+         taken_at = $7, error = $8, updated_at = $9, version = version + 1 WHERE id = $1")
         .bind(&b.id).bind(&b.node).bind(&b.storage).bind(&b.volid).bind(b.size_bytes)
         .bind(&b.state).bind(b.taken_at).bind(&b.error).bind(b.updated_at)
         .execute(x).await.map(|r| r.rows_affected()))?;
@@ -62,7 +65,8 @@ pub async fn set_backup_state(
     now: i64,
 ) -> Result<(), StoreError> {
     on_tx!(tx, x => sqlx::query(
-        "UPDATE backups SET state = $2, error = COALESCE($3, error), updated_at = $4 WHERE id = $1")
+        "UPDATE backups SET state = $2, error = COALESCE($3, error), updated_at = $4, \
+         version = version + 1 WHERE id = $1")
         .bind(id).bind(state).bind(error).bind(now)
         .execute(x).await.map(|r| r.rows_affected()))?;
     Ok(())
@@ -210,16 +214,14 @@ pub async fn delete_schedules_of_vps(tx: &mut Tx, vps_id: &str) -> Result<(), St
 }
 
 /// Enabled schedules due at `now`, the longest overdue first.
-pub async fn due_schedules(
-    db: &Db,
-    now: i64,
-    limit: i64,
-) -> Result<Vec<ScheduleRow>, StoreError> {
+pub async fn due_schedules(db: &Db, now: i64, limit: i64) -> Result<Vec<ScheduleRow>, StoreError> {
     let sql = format!(
         "SELECT {SCHEDULE_COLUMNS} FROM backup_schedules WHERE enabled AND next_run_at <= $1 \
          ORDER BY next_run_at, id LIMIT $2"
     );
-    Ok(on_db!(db, p => sqlx::query_as::<_, ScheduleRow>(&sql).bind(now).bind(limit).fetch_all(p).await)?)
+    Ok(
+        on_db!(db, p => sqlx::query_as::<_, ScheduleRow>(&sql).bind(now).bind(limit).fetch_all(p).await)?,
+    )
 }
 
 /// The earliest next run of an enabled schedule.

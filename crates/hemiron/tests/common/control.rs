@@ -335,6 +335,7 @@ pub fn seed_placeable(url: &str, vms: i64) -> String {
             vcpus: 1,
             memory_mib: 128,
             disk_gib: 1,
+            backups: 7,
             version: 1,
             created_at: now,
             updated_at: now,

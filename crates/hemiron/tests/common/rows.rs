@@ -129,3 +129,35 @@ pub fn job(
         finished_at: finished.then_some(created_at),
     }
 }
+
+/// The id [`backup`] gives the backup of VPS `vps_id`.
+pub fn backup_id(vps_id: &str) -> String {
+    format!("bk-{vps_id}")
+}
+
+/// An available backup of `v` on its node.
+pub fn backup(v: &VpsRow) -> hemiron_server::store::backups::BackupRow {
+    hemiron_server::store::backups::BackupRow {
+        id: backup_id(&v.id),
+        tenant_id: v.tenant_id.clone(),
+        vps_id: v.id.clone(),
+        schedule_id: None,
+        job_id: format!("job-of-{}", v.id),
+        cluster_id: v.cluster_id.clone().unwrap_or_default(),
+        node: v.node.clone().unwrap_or_default(),
+        storage: "local".into(),
+        volid: Some(format!(
+            "local:backup/vzdump-qemu-{}-2026_12_06-03_00_00.tar.zst",
+            v.vmid.unwrap_or(0)
+        )),
+        size_bytes: Some(1 << 20),
+        mode: "snapshot".into(),
+        notes: None,
+        state: "available".into(),
+        taken_at: v.created_at,
+        error: None,
+        version: 1,
+        created_at: v.created_at,
+        updated_at: v.created_at,
+    }
+}
