@@ -535,10 +535,15 @@ pub fn ssh_hostname(ssh_command: &str, key: &std::path::Path) -> Option<String> 
 
 /// Writes `marker` into one 512-byte sector of the guest's `/dev/vda`, past its cache.
 pub fn write_disk_marker(web: &str, sector: u32, marker: &str) {
+    write_disk_marker_on(web, "/dev/vda", sector, marker);
+}
+
+/// [`write_disk_marker`] on another of the guest's disks (`/dev/sda` for a SCSI one).
+pub fn write_disk_marker_on(web: &str, device: &str, sector: u32, marker: &str) {
     let out = guest_run(
         web,
         &format!(
-            "printf '{marker}' | dd of=/dev/vda bs=512 seek={sector} count=1 conv=sync oflag=direct 2>&1; sync"
+            "printf '{marker}' | dd of={device} bs=512 seek={sector} count=1 conv=sync oflag=direct 2>&1; sync"
         ),
     )
     .expect("guest answers");
@@ -547,10 +552,15 @@ pub fn write_disk_marker(web: &str, sector: u32, marker: &str) {
 
 /// What one sector of the guest's `/dev/vda` holds, NULs left out.
 pub fn read_disk_marker(web: &str, sector: u32) -> String {
+    read_disk_marker_on(web, "/dev/vda", sector)
+}
+
+/// [`read_disk_marker`] on another of the guest's disks.
+pub fn read_disk_marker_on(web: &str, device: &str, sector: u32) -> String {
     guest_run(
         web,
         &format!(
-            "dd if=/dev/vda bs=512 skip={sector} count=1 iflag=direct 2>/dev/null | tr -d '\\000'"
+            "dd if={device} bs=512 skip={sector} count=1 iflag=direct 2>/dev/null | tr -d '\\000'"
         ),
     )
     .expect("guest answers")
