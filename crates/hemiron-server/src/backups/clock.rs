@@ -123,6 +123,13 @@ mod tests {
         assert!(!c.is_system());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_spec_parses_or_fails_cleanly(text in "[0-9TZ:*.+-]{0,40}") {
+            let _ = Clock::parse(&text);
+        }
+    }
+
     #[test]
     fn bad_specs_are_refused() {
         for bad in [

@@ -285,14 +285,20 @@ async fn settle(
     s: &mut ScheduleRow,
 ) -> Result<Timing, ServiceError> {
     let mut p = Problems::default();
-    let timing = match Timing::parse(&s.cron, &s.timezone) {
+    // Both fields are checked, each on its own (a bad zone does not hide a bad pattern).
+    let zone_error = Timing::parse("@daily", &s.timezone).err();
+    if let Some(e) = &zone_error {
+        p.add("timezone", e.to_string());
+    }
+    let zone = if zone_error.is_some() {
+        "UTC"
+    } else {
+        s.timezone.as_str()
+    };
+    let timing = match Timing::parse(&s.cron, zone) {
         Ok(t) => Some(t),
-        Err(schedule::TimingError::Cron(e)) => {
-            p.add("cron", e);
-            None
-        }
-        Err(schedule::TimingError::Zone(e)) => {
-            p.add("timezone", e);
+        Err(e) => {
+            p.add("cron", e.to_string());
             None
         }
     };

@@ -164,6 +164,76 @@ mod tests {
         assert!(Timing::parse("@daily", "UTC").is_ok());
     }
 
+    /// Proxmox VE's documented retention example (vzdump, "Retention Settings Example":
+    /// `keep-last=3,keep-daily=13,keep-weekly=8,keep-monthly=11`; its `keep-yearly` is not a
+    /// schedule option here) on a schedule's daily backups: the newest 16 days, then the
+    /// Sundays of 8 older weeks, then the last days of 11 older months.
+    #[test]
+    fn the_documented_example_on_a_daily_schedule() {
+        let t = Timing::parse("0 12 * * *", "UTC").unwrap();
+        let mut at = ms("2024-01-01T00:00:00Z");
+        let mut taken = Vec::new();
+        while at < ms("2026-12-06T13:00:00Z") {
+            at = t.next_after(at).unwrap();
+            taken.push(at);
+        }
+        taken.pop();
+        let r = Retention {
+            last: 3,
+            daily: 13,
+            weekly: 8,
+            monthly: 11,
+        };
+        let mut kept: Vec<i64> = taken
+            .iter()
+            .zip(r.remove(&taken, &t))
+            .filter(|(_, remove)| !remove)
+            .map(|(ms, _)| *ms)
+            .collect();
+        kept.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(kept.len(), 35);
+        let day = |ms: i64| chrono::Utc.timestamp_millis_opt(ms).unwrap();
+        for (i, k) in kept[..16].iter().enumerate() {
+            assert_eq!(*k, ms("2026-12-06T12:00:00Z") - i as i64 * 86_400_000);
+        }
+        for k in &kept[16..24] {
+            assert_eq!(day(*k).weekday(), chrono::Weekday::Sun, "{}", day(*k));
+        }
+        for k in &kept[24..] {
+            let next = day(*k + 86_400_000);
+            assert_ne!(day(*k).month(), next.month(), "{} ends no month", day(*k));
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text is a timing or a clear error, never a panic; a timing's next run is
+        /// after the time asked and its next run again after that.
+        #[test]
+        fn any_pattern_parses_or_fails_cleanly(
+            cron in "[0-9*/,LW#?@a-z -]{0,30}",
+            zone in proptest::sample::select(vec!["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Nowhere/City"]),
+            from in 0i64..4_102_444_800_000,
+        ) {
+            if let Ok(t) = Timing::parse(&cron, zone) {
+                if let Some(next) = t.next_after(from) {
+                    proptest::prop_assert!(next > from);
+                    if let Some(again) = t.next_after(next) {
+                        proptest::prop_assert!(again > next);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn standard_patterns_run_on_their_minute(minute in 0u32..60, hour in 0u32..24, from in 0i64..4_102_444_800_000) {
+            let t = Timing::parse(&format!("{minute} {hour} * * *"), "UTC").unwrap();
+            let next = t.next_after(from).unwrap();
+            let d = chrono::Utc.timestamp_millis_opt(next).unwrap();
+            proptest::prop_assert_eq!((d.hour(), d.minute(), d.second()), (hour, minute, 0));
+            proptest::prop_assert!(next > from && next - from <= 86_400_000);
+        }
+    }
+
     #[test]
     fn bad_timings_say_which_field() {
         assert!(matches!(

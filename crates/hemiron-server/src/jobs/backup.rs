@@ -319,24 +319,12 @@ async fn remove_archive(svc: &Services, b: &BackupRow) -> Result<(), JobError> {
                 "/nodes/{}/storage/{}/content/{}",
                 b.node,
                 b.storage,
-                urlencode(volid)
+                vps_jobs::uri_encode(volid)
             ),
             &[],
         )
         .await?;
     Ok(())
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// Removes every archive of a VPS being deleted (its schedules went with the request).

@@ -116,8 +116,9 @@ pub(super) async fn wait(t: &Target, upid: &str) -> Result<(), JobError> {
     }
 }
 
-/// URL-encodes as Proxmox wants `sshkeys` (everything but unreserved characters).
-fn uri_encode(text: &str) -> String {
+/// URL-encodes as Proxmox wants `sshkeys` and volume ids in paths (everything but unreserved
+/// characters).
+pub(super) fn uri_encode(text: &str) -> String {
     text.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
