@@ -83,6 +83,16 @@ impl Api {
         Ok(self.send(Method::POST, path, Some(body), None).await?.0)
     }
 
+    /// GET then PATCH with the ETag read.
+    pub async fn patch_current(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let (_, etag) = self.send(Method::GET, path, None, None).await?;
+        let etag = etag.unwrap_or_else(|| "\"0\"".into());
+        Ok(self
+            .send(Method::PATCH, path, Some(body), Some(&etag))
+            .await?
+            .0)
+    }
+
     /// GET then DELETE with the ETag read (the server requires If-Match).
     pub async fn delete_current(&self, path: &str) -> Result<Value, CliError> {
         let (_, etag) = self.send(Method::GET, path, None, None).await?;

@@ -154,6 +154,82 @@ pub enum VpsCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Back a VPS up now (it keeps running in the default `snapshot` mode).
+    Backup {
+        vps: String,
+        /// snapshot, suspend or stop.
+        #[arg(long)]
+        mode: Option<String>,
+        /// One line kept with the backup.
+        #[arg(long)]
+        notes: Option<String>,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A VPS's backups, newest first.
+    Backups { vps: String },
+    /// Restore a VPS from one of its backups (its data as it was; it runs again if it ran).
+    Restore {
+        vps: String,
+        backup: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete one of a VPS's backups.
+    DeleteBackup {
+        vps: String,
+        backup: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A VPS's backup schedules.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// The VPS's schedules and their next runs.
+    List {
+        vps: String,
+    },
+    /// Back the VPS up on a cron pattern, keeping what the retention says.
+    Add {
+        vps: String,
+        /// Five-field cron pattern, e.g. "0 3 * * *" (or @daily, @weekly…).
+        #[arg(long)]
+        cron: String,
+        /// IANA time zone the pattern is read in (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// snapshot, suspend or stop.
+        #[arg(long)]
+        mode: Option<String>,
+        #[arg(long)]
+        keep_last: Option<i64>,
+        #[arg(long)]
+        keep_daily: Option<i64>,
+        #[arg(long)]
+        keep_weekly: Option<i64>,
+        #[arg(long)]
+        keep_monthly: Option<i64>,
+    },
+    /// Stop running a schedule (its backups stay).
+    Pause {
+        vps: String,
+        schedule: String,
+    },
+    Resume {
+        vps: String,
+        schedule: String,
+    },
+    /// Delete a schedule (its backups stay until deleted).
+    Delete {
+        vps: String,
+        schedule: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -655,6 +731,72 @@ async fn vps(g: &Global, cmd: VpsCommand) -> Result<(), CliError> {
             });
             Ok(())
         }
+        VpsCommand::Backup {
+            vps,
+            mode,
+            notes,
+            no_wait,
+        } => {
+            let id = vps_id(&api, &vps).await?;
+            let started = api
+                .post(
+                    &format!("/vps/{id}/backups"),
+                    &json!({"mode": mode, "notes": notes}),
+                )
+                .await?;
+            if !no_wait {
+                follow(g, &api, &started["job"]).await?;
+            }
+            let b = api
+                .get(&format!(
+                    "/vps/{id}/backups/{}",
+                    s(&started["backup"], "id")
+                ))
+                .await?;
+            print(g, &b, backup_detail);
+            Ok(())
+        }
+        VpsCommand::Backups { vps } => {
+            let id = vps_id(&api, &vps).await?;
+            let v = api.get(&format!("/vps/{id}/backups")).await?;
+            print(g, &v, backup_table);
+            Ok(())
+        }
+        VpsCommand::Restore {
+            vps,
+            backup,
+            no_wait,
+        } => {
+            let id = vps_id(&api, &vps).await?;
+            let job = api
+                .post(&format!("/vps/{id}/backups/{backup}/restore"), &json!({}))
+                .await?;
+            let j = if no_wait {
+                job
+            } else {
+                follow(g, &api, &job).await?
+            };
+            print(g, &j, |j| format!("{} {}\n", s(j, "kind"), s(j, "state")));
+            Ok(())
+        }
+        VpsCommand::DeleteBackup {
+            vps,
+            backup,
+            no_wait,
+        } => {
+            let id = vps_id(&api, &vps).await?;
+            let job = api
+                .delete_current(&format!("/vps/{id}/backups/{backup}"))
+                .await?;
+            let j = if no_wait {
+                job
+            } else {
+                follow(g, &api, &job).await?
+            };
+            print(g, &j, |j| format!("{} {}\n", s(j, "kind"), s(j, "state")));
+            Ok(())
+        }
+        VpsCommand::Schedule { command } => schedule(g, &api, command).await,
         VpsCommand::Delete { vps, no_wait } => {
             let id = vps_id(&api, &vps).await?;
             let job = api.delete_current(&format!("/vps/{id}")).await?;
@@ -667,6 +809,148 @@ async fn vps(g: &Global, cmd: VpsCommand) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+async fn schedule(g: &Global, api: &Api, cmd: ScheduleCommand) -> Result<(), CliError> {
+    match cmd {
+        ScheduleCommand::List { vps } => {
+            let id = vps_id(api, &vps).await?;
+            let v = api.get(&format!("/vps/{id}/backup-schedules")).await?;
+            print(g, &v, schedule_table);
+        }
+        ScheduleCommand::Add {
+            vps,
+            cron,
+            timezone,
+            mode,
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+        } => {
+            let id = vps_id(api, &vps).await?;
+            let v = api
+                .post(
+                    &format!("/vps/{id}/backup-schedules"),
+                    &json!({"cron": cron, "timezone": timezone, "mode": mode,
+                            "keep_last": keep_last, "keep_daily": keep_daily,
+                            "keep_weekly": keep_weekly, "keep_monthly": keep_monthly}),
+                )
+                .await?;
+            print(g, &json!([v]), schedule_table);
+        }
+        ScheduleCommand::Pause { vps, schedule } => {
+            set_enabled(g, api, &vps, &schedule, false).await?;
+        }
+        ScheduleCommand::Resume { vps, schedule } => {
+            set_enabled(g, api, &vps, &schedule, true).await?;
+        }
+        ScheduleCommand::Delete { vps, schedule } => {
+            let id = vps_id(api, &vps).await?;
+            api.delete_current(&format!("/vps/{id}/backup-schedules/{schedule}"))
+                .await?;
+            print(g, &json!({"deleted": schedule}), |_| "deleted\n".into());
+        }
+    }
+    Ok(())
+}
+
+async fn set_enabled(
+    g: &Global,
+    api: &Api,
+    vps: &str,
+    schedule: &str,
+    enabled: bool,
+) -> Result<(), CliError> {
+    let id = vps_id(api, vps).await?;
+    let v = api
+        .patch_current(
+            &format!("/vps/{id}/backup-schedules/{schedule}"),
+            &json!({ "enabled": enabled }),
+        )
+        .await?;
+    print(g, &json!([v]), schedule_table);
+    Ok(())
+}
+
+fn backup_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            vec![
+                s(b, "id"),
+                s(b, "taken_at"),
+                s(b, "state"),
+                s(b, "mode"),
+                b["size_bytes"]
+                    .as_i64()
+                    .map(|n| format!("{:.1} MiB", n as f64 / 1048576.0))
+                    .unwrap_or_default(),
+                if b["schedule_id"].is_string() {
+                    "scheduled".into()
+                } else {
+                    "manual".into()
+                },
+                s(b, "volid"),
+            ]
+        })
+        .collect();
+    table::render(
+        &["ID", "TAKEN", "STATE", "MODE", "SIZE", "BY", "ARCHIVE"],
+        &rows,
+    )
+}
+
+fn backup_detail(b: &Value) -> String {
+    let mut out = String::new();
+    for k in [
+        "id",
+        "state",
+        "taken_at",
+        "mode",
+        "node",
+        "storage",
+        "volid",
+        "size_bytes",
+        "notes",
+        "error",
+    ] {
+        if !b[k].is_null() {
+            out.push_str(&format!("{k:<12} {}\n", s(b, k)));
+        }
+    }
+    out
+}
+
+fn schedule_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| {
+            let keep: Vec<String> = ["last", "daily", "weekly", "monthly"]
+                .iter()
+                .filter_map(|k| {
+                    let n = x[format!("keep_{k}")].as_i64().unwrap_or(0);
+                    (n > 0).then(|| format!("{k}={n}"))
+                })
+                .collect();
+            vec![
+                s(x, "id"),
+                format!("{} ({})", s(x, "cron"), s(x, "timezone")),
+                s(x, "description"),
+                keep.join(","),
+                if x["enabled"] == true {
+                    s(x, "next_run_at")
+                } else {
+                    "paused".into()
+                },
+            ]
+        })
+        .collect();
+    table::render(&["ID", "CRON", "WHEN", "KEEP", "NEXT RUN"], &rows)
 }
 
 async fn power(

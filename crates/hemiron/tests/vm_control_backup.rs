@@ -83,6 +83,30 @@ fn running_vps(server: &Server, admin: &Client, tid: &str, name: &str) -> Value 
     vps
 }
 
+fn hemiron_cli(server: &Server, token: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(common::hemiron())
+        .args(["--server", &server.url, "--token", token])
+        .args(args)
+        .env("HEMIRON_CLI_CONFIG", "/nonexistent/cli.json")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn cli(server: &Server, token: &str, args: &[&str]) -> String {
+    let (ok, text) = hemiron_cli(server, token, args);
+    assert!(ok, "{args:?}: {text}\n{}", server.output());
+    text
+}
+
+fn cli_fails(server: &Server, token: &str, args: &[&str]) -> String {
+    let (ok, text) = hemiron_cli(server, token, args);
+    assert!(!ok, "{args:?} should fail: {text}");
+    text
+}
+
 /// The node's backup archives of `vmid`.
 fn archives(agent: &Agent, vmid: u64) -> Vec<String> {
     agent
@@ -197,6 +221,94 @@ fn vm_vps_backup_restore_delete_within_the_plan() {
     assert_eq!(archives(&agent, vmid), [volid.to_string()]);
     backup_now(&server, &admin, &id);
     assert_eq!(archives(&agent, vmid).len(), 2);
+
+    // The command line: the list, the plan's refusal, a deletion, a backup, schedules.
+    let token = admin.bearer.clone().unwrap();
+    let list = cli(&server, &token, &["vps", "backups", "web1"]);
+    assert!(
+        list.contains("manual") && list.contains("available"),
+        "{list}"
+    );
+    assert_eq!(list.lines().count(), 3, "a header and two backups: {list}");
+    let refused = cli_fails(&server, &token, &["vps", "backup", "web1"]);
+    assert!(refused.contains("keeps at most 2 backups"), "{refused}");
+    let oldest = backups(&admin, &id).last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cli(&server, &token, &["vps", "delete-backup", "web1", &oldest]);
+    let made = cli(
+        &server,
+        &token,
+        &[
+            "vps",
+            "backup",
+            "web1",
+            "--mode",
+            "suspend",
+            "--notes",
+            "before the upgrade",
+        ],
+    );
+    assert!(
+        made.contains("available") && made.contains("before the upgrade"),
+        "{made}"
+    );
+    assert_eq!(backups(&admin, &id).len(), 2);
+    let added = cli(
+        &server,
+        &token,
+        &[
+            "vps",
+            "schedule",
+            "add",
+            "web1",
+            "--cron",
+            "30 4 * * 1-5",
+            "--timezone",
+            "Europe/Berlin",
+            "--keep-daily",
+            "2",
+        ],
+    );
+    assert!(
+        added.contains("04:30") && added.contains("daily=2"),
+        "{added}"
+    );
+    let sid = admin
+        .get(&format!("/vps/{id}/backup-schedules"))
+        .expect(200)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let paused = cli(&server, &token, &["vps", "schedule", "pause", "web1", &sid]);
+    assert!(paused.contains("paused"), "{paused}");
+    let three = cli_fails(
+        &server,
+        &token,
+        &[
+            "vps",
+            "schedule",
+            "add",
+            "web1",
+            "--cron",
+            "@daily",
+            "--keep-last",
+            "1",
+        ],
+    );
+    assert!(three.contains("plan allows 2"), "{three}");
+    cli(
+        &server,
+        &token,
+        &["vps", "schedule", "delete", "web1", &sid],
+    );
+    assert_eq!(
+        cli(&server, &token, &["vps", "schedule", "list", "web1"])
+            .lines()
+            .count(),
+        1
+    );
 
     // Deleting the VPS deletes its backups.
     let etag = admin.get(&format!("/vps/{id}")).etag();
