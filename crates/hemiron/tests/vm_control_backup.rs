@@ -150,10 +150,33 @@ fn backup_now(server: &Server, client: &Client, id: &str) -> Value {
     b
 }
 
+/// Restarts the server with `HEMIRON_TEST_CRASH_AT=point`, starts a job with `start`, waits
+/// for the server to die there, starts it again without the hook and waits for the job to
+/// succeed; returns a client of the new server.
+fn crash_at(server: &mut Server, point: &str, start: impl FnOnce(&Client) -> Value) -> Client {
+    server.kill9();
+    server.env = vec![("HEMIRON_TEST_CRASH_AT".into(), point.into())];
+    server.launch();
+    let job = start(&server.admin());
+    wait_for("server to crash", Duration::from_secs(120), || {
+        server
+            .child
+            .as_mut()
+            .and_then(|ch| ch.try_wait().ok().flatten())
+            .map(|_| ())
+    });
+    server.env.clear();
+    server.launch();
+    let admin = server.admin();
+    let j = wait_job(&admin, &job);
+    assert_eq!(j["state"], "succeeded", "{point}: {j}\n{}", server.output());
+    admin
+}
+
 #[test]
 fn vm_vps_backup_restore_delete_within_the_plan() {
-    let (agent, server, tid) = setup(&[], 2);
-    let admin = server.admin();
+    let (agent, mut server, tid) = setup(&[], 2);
+    let mut admin = server.admin();
     let vps = running_vps(&server, &admin, &tid, "web1");
     let id = vps["id"].as_str().unwrap().to_string();
     let vmid = vps["vmid"].as_u64().unwrap();
@@ -219,8 +242,35 @@ fn vm_vps_backup_restore_delete_within_the_plan() {
     assert_eq!(wait_job(&admin, &job)["state"], "succeeded");
     admin.get(&path).problem(404, "not-found");
     assert_eq!(archives(&agent, vmid), [volid.to_string()]);
-    backup_now(&server, &admin, &id);
-    assert_eq!(archives(&agent, vmid).len(), 2);
+
+    // The server killed while vzdump runs, then while a restore runs: started again, each
+    // job finishes, with one archive made and the restored data.
+    admin = crash_at(&mut server, "vps.backup:dumping", |admin| {
+        admin
+            .post(&format!("/vps/{id}/backups"), &json!({}))
+            .expect(202)["job"]
+            .clone()
+    });
+    assert_eq!(backups(&admin, &id).len(), 2);
+    assert_eq!(archives(&agent, vmid).len(), 2, "one archive per backup");
+    common::write_disk_marker_on(&web, DISK, SECTOR, "LATER");
+    admin = crash_at(&mut server, "vps.restore:restoring", |admin| {
+        admin
+            .post(
+                &format!(
+                    "/vps/{id}/backups/{}/restore",
+                    first["id"].as_str().unwrap()
+                ),
+                &json!({}),
+            )
+            .expect(202)
+    });
+    let web = admin.get(&format!("/vps/{id}")).expect(200)["web_address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_guest(&web);
+    assert_eq!(common::read_disk_marker_on(&web, DISK, SECTOR), "BEFORE");
 
     // The command line: the list, the plan's refusal, a deletion, a backup, schedules.
     let token = admin.bearer.clone().unwrap();
