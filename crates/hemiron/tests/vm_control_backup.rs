@@ -158,13 +158,7 @@ fn crash_at(server: &mut Server, point: &str, start: impl FnOnce(&Client) -> Val
     server.env = vec![("HEMIRON_TEST_CRASH_AT".into(), point.into())];
     server.launch();
     let job = start(&server.admin());
-    wait_for("server to crash", Duration::from_secs(120), || {
-        server
-            .child
-            .as_mut()
-            .and_then(|ch| ch.try_wait().ok().flatten())
-            .map(|_| ())
-    });
+    server.wait_exit();
     server.env.clear();
     server.launch();
     let admin = server.admin();

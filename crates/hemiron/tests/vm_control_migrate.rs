@@ -199,13 +199,7 @@ fn vm_vps_migration_undoes_failures_and_survives_crashes() {
         let job = admin
             .post(&format!("/vps/{id}/migrate"), &json!({"node": there}))
             .expect(202);
-        wait_for("server to crash", Duration::from_secs(120), || {
-            server
-                .child
-                .as_mut()
-                .and_then(|ch| ch.try_wait().ok().flatten())
-                .map(|_| ())
-        });
+        server.wait_exit();
         admin = restart(&mut server, None);
         let j = wait_job(&admin, &job);
         assert_eq!(j["state"], "succeeded", "{step}: {j}\n{}", server.output());

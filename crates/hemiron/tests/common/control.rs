@@ -151,6 +151,14 @@ impl Server {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// Waits until the process exits on its own (a crash hook fired).
+    pub fn wait_exit(&mut self) {
+        let child = self.child.as_mut().expect("a running server");
+        wait_for("server to exit", Duration::from_secs(120), || {
+            child.try_wait().ok().flatten().map(|_| ())
+        });
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
