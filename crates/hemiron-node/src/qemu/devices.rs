@@ -404,17 +404,51 @@ pub fn nic_device(model: NicModel) -> &'static str {
     }
 }
 
-/// The `-netdev` and `-device` arguments of a NIC. Only `net0` gets the loopback forwards.
+/// Whether `name` is a Linux bridge of this host (of the agent's network namespace).
+pub fn host_bridge(name: &str) -> bool {
+    let plain = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    plain
+        && Path::new("/sys/class/net")
+            .join(name)
+            .join("bridge")
+            .is_dir()
+}
+
+/// The tap device of NIC `index` of VM `vmid`: Proxmox's `tap<vmid>i<index>`, or, while
+/// another QEMU of the VM holds that one on this host (the source of a migration between two
+/// nodes of one machine), the same name with a `b`.
+pub fn tap_name(vmid: u32, index: u32) -> String {
+    let name = format!("tap{vmid}i{index}");
+    if Path::new("/sys/class/net").join(&name).exists() {
+        let other = format!("{name}b");
+        if !Path::new("/sys/class/net").join(&other).exists() {
+            return other;
+        }
+    }
+    name
+}
+
+/// The `-netdev` and `-device` arguments of a NIC: on tap device `tap` if given, else on the
+/// user-mode network. Only `net0` gets the loopback forwards.
 pub fn net_args(
     index: u32,
     net: &NetDevice,
     forwards: Option<&crate::vm::forwards::VmForwards>,
+    tap: Option<&str>,
     pci: &mut Pci,
     bootindex: Option<u32>,
 ) -> (String, String) {
     let id = format!("net{index}");
-    let mut netdev = format!("user,id={id}");
-    if let Some(f) = forwards {
+    // vhost stays off: without /dev/vhost-net, asking for it makes QEMU abort.
+    let mut netdev = match tap {
+        Some(t) => format!("tap,id={id},ifname={t},script=no,downscript=no,vhost=off"),
+        None => format!("user,id={id}"),
+    };
+    if let (None, Some(f)) = (tap, forwards) {
         for (guest, host) in f {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
         }
@@ -446,6 +480,31 @@ pub fn snapshot_overlay(run_dir: &Path, vmid: u32, key: &DriveKey) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nic_on_a_bridge_is_a_tap_without_forwards() {
+        let net = NetDevice::parse("virtio=BC:24:11:00:00:01,bridge=vmbr0").unwrap();
+        let forwards: crate::vm::forwards::VmForwards = [(80u16, 40080u16)].into();
+        let (netdev, dev) = net_args(
+            0,
+            &net,
+            Some(&forwards),
+            Some("tap100i0"),
+            &mut Pci::new("pci.0"),
+            None,
+        );
+        assert_eq!(
+            netdev,
+            "tap,id=net0,ifname=tap100i0,script=no,downscript=no,vhost=off"
+        );
+        assert!(dev.starts_with("virtio-net-pci,netdev=net0,id=net0,mac=BC:24:11:00:00:01"));
+        let (user, _) = net_args(0, &net, Some(&forwards), None, &mut Pci::new("pci.0"), None);
+        assert_eq!(user, "user,id=net0,hostfwd=tcp:127.0.0.1:40080-:80");
+        // Names that cannot be a host's bridge are not looked up.
+        assert!(!host_bridge("../lo"));
+        assert!(!host_bridge(""));
+        assert!(!host_bridge("vmbr-that-is-too-long"));
+    }
 
     #[test]
     fn pci_fixed_then_bridges() {

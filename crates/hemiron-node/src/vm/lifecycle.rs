@@ -178,6 +178,10 @@ impl VmManager {
             )));
         }
         let post = &cmd.post;
+        if let Err(e) = plug_taps(&post.taps).await {
+            let _ = running.owner.quit().await;
+            return Err(e);
+        }
         for dev in &post.links_down {
             running.owner.set_link(dev, false).await?;
         }
@@ -199,7 +203,8 @@ impl VmManager {
     }
 
     /// Runs a QEMU command line for VM `vmid` and takes it over; a QEMU that cannot be
-    /// talked to is not left behind.
+    /// talked to is not left behind. (Its tap devices are plugged in by the caller:
+    /// [`plug_taps`].)
     pub(super) async fn launch_attached(
         &self,
         vmid: u32,
@@ -389,4 +394,37 @@ impl VmManager {
             }
         }
     }
+}
+
+/// Plugs a started QEMU's tap devices into their Linux bridges and brings them up. QEMU made
+/// the taps (they go when it exits); the guest sees its link only once this is done.
+pub(super) async fn plug_taps(taps: &[(String, String)]) -> Result<(), VmError> {
+    for (tap, bridge) in taps {
+        for args in [
+            [
+                "link",
+                "set",
+                "dev",
+                tap.as_str(),
+                "master",
+                bridge.as_str(),
+            ]
+            .as_slice(),
+            ["link", "set", "dev", tap.as_str(), "up"].as_slice(),
+        ] {
+            let out = tokio::process::Command::new("ip")
+                .args(args)
+                .output()
+                .await
+                .map_err(VmError::Runtime)?;
+            if !out.status.success() {
+                return Err(VmError::Refused(format!(
+                    "cannot plug {tap} into bridge {bridge}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        info!(tap = %tap, bridge = %bridge, "tap plugged into its bridge");
+    }
+    Ok(())
 }

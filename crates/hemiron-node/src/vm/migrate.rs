@@ -467,7 +467,10 @@ impl VmManager {
             accel: self.accel.as_str().to_string(),
             qemu_version: self.qemu_version.get().cloned().unwrap_or_default(),
             disks: disks.clone(),
-            forwards: self.forwards.get(vmid),
+            // A NIC on a bridge keeps its own address: only user-mode net0 has forwards.
+            forwards: super::user_net0(&conf.main.props)
+                .then(|| self.forwards.get(vmid))
+                .flatten(),
         };
         let base = format!("/nodes/{}/hemiron/migration/{vmid}", req.target);
         // From here on the target may hold something of the VM: taken back if this task
@@ -665,7 +668,7 @@ impl VmManager {
         // Hand the forwarded ports over: the target starts trying to bind them (on one host
         // they are the source's until it lets go), then the source lets go, so that a port
         // refuses connections for a moment only.
-        let has_net0 = cmdline::nets(&conf.main.props).iter().any(|(i, _)| *i == 0);
+        let has_net0 = super::user_net0(&conf.main.props);
         if let Some(fw) = has_net0.then(|| self.forwards.get(vmid)).flatten() {
             p.peer
                 .call_json(&format!("{}/forwards", p.base), &json!({}), CALL_TIMEOUT)
@@ -1313,6 +1316,10 @@ impl VmManager {
         let running = self.launch_attached(vmid, &cmd.argv).await?;
         let pid = running.owner.pid;
         let owner = running.owner;
+        if let Err(e) = super::lifecycle::plug_taps(&cmd.post.taps).await {
+            let _ = owner.quit().await;
+            return Err(e);
+        }
         if let Some(list) = &cmd.post.affinity {
             limits::set_affinity(pid, list)
                 .map_err(|e| VmError::Refused(crate::error_chain(&e)))?;

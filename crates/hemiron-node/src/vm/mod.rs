@@ -241,7 +241,7 @@ impl VmManager {
         conf: &hemiron_pve::config::VmConfig,
     ) -> Result<cmdline::QemuCommand, VmError> {
         let props = update::effective_props(conf);
-        let forwards = if cmdline::nets(&props).iter().any(|(i, _)| *i == 0) {
+        let forwards = if user_net0(&props) {
             Some(self.forwards.ensure(vmid)?)
         } else {
             None
@@ -420,6 +420,21 @@ impl VmManager {
             }
         }
     }
+}
+
+/// Whether a VM has a `net0` on QEMU's user-mode network, the one that carries the loopback
+/// port forwards (one on a host bridge has its own address instead).
+pub(crate) fn user_net0(props: &std::collections::BTreeMap<String, String>) -> bool {
+    cmdline::nets(props)
+        .iter()
+        .find(|(i, _)| *i == 0)
+        .is_some_and(|(_, v)| {
+            hemiron_pve::views::NetDevice::parse(v).map_or(true, |n| {
+                !n.bridge
+                    .as_deref()
+                    .is_some_and(crate::qemu::devices::host_bridge)
+            })
+        })
 }
 
 #[cfg(test)]

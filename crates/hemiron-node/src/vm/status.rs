@@ -192,7 +192,9 @@ impl VmManager {
             lock: main.get("lock").cloned(),
             tags: main.get("tags").cloned(),
             template: main.get("template").is_some_and(|t| t == "1"),
-            forwards: self.forwards.get(vmid),
+            forwards: super::user_net0(main)
+                .then(|| self.forwards.get(vmid))
+                .flatten(),
             running_machine: None,
             running_qemu: None,
             agent: main

@@ -52,6 +52,8 @@ pub struct BuildContext<'a> {
 pub struct PostStart {
     /// NIC ids whose link starts down (`link_down=1`).
     pub links_down: Vec<String>,
+    /// Tap devices QEMU opens, to plug into their Linux bridges: (tap, bridge).
+    pub taps: Vec<(String, String)>,
     /// Balloon target in bytes when below the memory size.
     pub balloon_target: Option<u64>,
     /// CPU list for the QEMU process (`affinity`).
