@@ -38,10 +38,13 @@ fn check_mode(p: &mut Problems, mode: &str) {
     p.check(MODES.contains(&mode), "mode", "snapshot, suspend or stop");
 }
 
-/// How many backups the VPS's plan allows.
-async fn plan_limit(svc: &Services, vps: &VpsRow) -> Result<i64, ServiceError> {
+/// How many backups the VPS's plan allows (the default if its plan is gone).
+pub(crate) async fn plan_limit(
+    db: &crate::store::Db,
+    vps: &VpsRow,
+) -> Result<i64, crate::store::StoreError> {
     Ok(match &vps.plan_id {
-        Some(p) => crate::store::tenancy::plan(&svc.db, p)
+        Some(p) => crate::store::tenancy::plan(db, p)
             .await?
             .map(|p| p.backups)
             .unwrap_or(crate::tenancy::DEFAULT_PLAN_BACKUPS),
@@ -141,7 +144,7 @@ pub async fn create(
     if !matches!(v.state.as_str(), "running" | "stopped") {
         return Err(ServiceError::Conflict(format!("the VPS is {}", v.state)));
     }
-    let limit = plan_limit(svc, &v).await?;
+    let limit = plan_limit(&svc.db, &v).await?;
     let kept = store::kept_count(&mut tx, &v.id).await?;
     if limit == 0 {
         return Err(ServiceError::QuotaExceeded(
@@ -318,7 +321,7 @@ async fn settle(
         "keep_last",
         "a schedule keeps at least one backup (keep_last, keep_daily, keep_weekly or keep_monthly)",
     );
-    let limit = plan_limit(svc, vps).await?;
+    let limit = plan_limit(&svc.db, vps).await?;
     let others: i64 = store::schedules_of_vps_tx(tx, &vps.id)
         .await?
         .iter()

@@ -98,7 +98,7 @@ async fn run_one(
         Some(_) if store::schedule_busy(&mut tx, &s.id).await? => {
             Some("the schedule's previous backup is still being made".to_string())
         }
-        Some(v) if super::plan_limit(svc, v).await? == 0 => {
+        Some(v) if super::plan_limit(&svc.db, v).await? == 0 => {
             Some("the VPS's plan includes no backups".to_string())
         }
         Some(_) => None,

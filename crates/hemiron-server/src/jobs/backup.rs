@@ -247,7 +247,7 @@ async fn doomed_by_retention(
             }
         }
     }
-    let limit = plan_limit(svc, &t.vps).await?;
+    let limit = crate::backups::plan_limit(&svc.db, &t.vps).await?;
     let mut left: Vec<&BackupRow> = all
         .iter()
         .filter(|x| !doomed.iter().any(|d| d.id == x.id))
@@ -275,20 +275,6 @@ pub(crate) fn retention_of(s: &store::ScheduleRow) -> Retention {
         weekly: n(s.keep_weekly),
         monthly: n(s.keep_monthly),
     }
-}
-
-/// How many backups the VPS's plan allows (the default when it has no plan any more).
-pub(crate) async fn plan_limit(
-    svc: &Services,
-    vps: &crate::store::fleet::VpsRow,
-) -> Result<i64, JobError> {
-    Ok(match &vps.plan_id {
-        Some(p) => crate::store::tenancy::plan(&svc.db, p)
-            .await?
-            .map(|p| p.backups)
-            .unwrap_or(crate::tenancy::DEFAULT_PLAN_BACKUPS),
-        None => crate::tenancy::DEFAULT_PLAN_BACKUPS,
-    })
 }
 
 /// Deletes a backup's archive on its node (already gone counts as done).
