@@ -255,6 +255,8 @@ struct SourceSide {
     nodes: Vec<String>,
     /// Forwards taken off the source's QEMU (to give back).
     forwards_removed: Option<VmForwards>,
+    /// Taps whose guest frames are flooded to the whole bridge (learning to give back).
+    flooded: Vec<String>,
 }
 
 impl SourceSide {
@@ -284,6 +286,9 @@ impl SourceSide {
             let _ = o
                 .raw("blockdev-del", Some(json!({ "node-name": node })))
                 .await;
+        }
+        for tap in self.flooded.drain(..) {
+            super::bridge::unflood(&tap).await;
         }
         if let Some(fw) = self.forwards_removed.take() {
             for (guest, host) in fw {
@@ -490,6 +495,7 @@ impl VmManager {
                 jobs: Vec::new(),
                 nodes: Vec::new(),
                 forwards_removed: None,
+                flooded: Vec::new(),
             }),
             pinger: None,
         }));
@@ -794,6 +800,26 @@ impl VmManager {
             .migrate_port
             .ok_or_else(|| mig("the target gave no migration port"))?;
         let uri = format!("tcp:{host}:{port}");
+        // NICs on a bridge: the guest's frames reach the target's tap too from here on (see
+        // `vm::bridge`), so none is lost in the switchover.
+        let taps = super::bridge::taps_of(owner.pid);
+        for (id, tap) in &taps {
+            let mac = conf
+                .get(id)
+                .and_then(|v| hemiron_pve::views::NetDevice::parse(v).ok())
+                .and_then(|n| n.macaddr)
+                .map(|m| m.to_string());
+            let Some(mac) = mac else { continue };
+            match super::bridge::flood(tap, &mac).await {
+                Ok(()) => {
+                    side.flooded.push(tap.clone());
+                    log.log(format!(
+                        "{id}: frames for {mac} flooded to the bridge until the switchover"
+                    ));
+                }
+                Err(e) => log.log(format!("{id}: WARNING: {e}")),
+            }
+        }
         log.log(format!("start migrate command to {uri}"));
         owner.raw("migrate", Some(json!({ "uri": uri }))).await?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod bridge;
 pub mod cloudinit;
 pub mod create;
 pub mod error;
