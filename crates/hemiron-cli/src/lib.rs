@@ -771,13 +771,7 @@ async fn vps(g: &Global, cmd: VpsCommand) -> Result<(), CliError> {
             let job = api
                 .post(&format!("/vps/{id}/backups/{backup}/restore"), &json!({}))
                 .await?;
-            let j = if no_wait {
-                job
-            } else {
-                follow(g, &api, &job).await?
-            };
-            print(g, &j, |j| format!("{} {}\n", s(j, "kind"), s(j, "state")));
-            Ok(())
+            finish_job(g, &api, job, no_wait).await
         }
         VpsCommand::DeleteBackup {
             vps,
@@ -788,25 +782,13 @@ async fn vps(g: &Global, cmd: VpsCommand) -> Result<(), CliError> {
             let job = api
                 .delete_current(&format!("/vps/{id}/backups/{backup}"))
                 .await?;
-            let j = if no_wait {
-                job
-            } else {
-                follow(g, &api, &job).await?
-            };
-            print(g, &j, |j| format!("{} {}\n", s(j, "kind"), s(j, "state")));
-            Ok(())
+            finish_job(g, &api, job, no_wait).await
         }
         VpsCommand::Schedule { command } => schedule(g, &api, command).await,
         VpsCommand::Delete { vps, no_wait } => {
             let id = vps_id(&api, &vps).await?;
             let job = api.delete_current(&format!("/vps/{id}")).await?;
-            let j = if no_wait {
-                job
-            } else {
-                follow(g, &api, &job).await?
-            };
-            print(g, &j, |j| format!("{} {}\n", s(j, "kind"), s(j, "state")));
-            Ok(())
+            finish_job(g, &api, job, no_wait).await
         }
     }
 }
@@ -962,6 +944,11 @@ async fn power(
 ) -> Result<(), CliError> {
     let id = vps_id(api, vps).await?;
     let job = api.post(&format!("/vps/{id}/{action}"), &json!({})).await?;
+    finish_job(g, api, job, no_wait).await
+}
+
+/// Follows a queued job to its end (unless `no_wait`) and prints its kind and state.
+async fn finish_job(g: &Global, api: &Api, job: Value, no_wait: bool) -> Result<(), CliError> {
     let j = if no_wait {
         job
     } else {

@@ -289,14 +289,12 @@ async fn settle(
 ) -> Result<Timing, ServiceError> {
     let mut p = Problems::default();
     // Both fields are checked, each on its own (a bad zone does not hide a bad pattern).
-    let zone_error = Timing::parse("@daily", &s.timezone).err();
-    if let Some(e) = &zone_error {
-        p.add("timezone", e.to_string());
-    }
-    let zone = if zone_error.is_some() {
-        "UTC"
-    } else {
-        s.timezone.as_str()
+    let zone = match schedule::parse_zone(&s.timezone) {
+        Ok(_) => s.timezone.as_str(),
+        Err(e) => {
+            p.add("timezone", e.to_string());
+            "UTC"
+        }
     };
     let timing = match Timing::parse(&s.cron, zone) {
         Ok(t) => Some(t),
@@ -314,8 +312,8 @@ async fn settle(
     ] {
         p.check((0..=1000).contains(&n), field, "0 to 1000");
     }
-    let retention = crate::jobs::backup::retention_of(s);
-    let total = i64::try_from(retention.total()).unwrap_or(i64::MAX);
+    let kept = retention(s);
+    let total = i64::try_from(kept.total()).unwrap_or(i64::MAX);
     p.check(
         total >= 1,
         "keep_last",
@@ -326,7 +324,7 @@ async fn settle(
         .await?
         .iter()
         .filter(|o| o.id != s.id)
-        .map(|o| i64::try_from(crate::jobs::backup::retention_of(o).total()).unwrap_or(0))
+        .map(|o| i64::try_from(retention(o).total()).unwrap_or(0))
         .sum();
     if total >= 1 && others + total > limit {
         p.add(
@@ -509,5 +507,11 @@ pub fn timing_of(s: &ScheduleRow) -> Option<Timing> {
 
 /// Retention of a stored schedule.
 pub fn retention(s: &ScheduleRow) -> Retention {
-    crate::jobs::backup::retention_of(s)
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    Retention {
+        last: n(s.keep_last),
+        daily: n(s.keep_daily),
+        weekly: n(s.keep_weekly),
+        monthly: n(s.keep_monthly),
+    }
 }

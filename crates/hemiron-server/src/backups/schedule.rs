@@ -14,6 +14,15 @@ pub struct Timing {
     zone: chrono_tz::Tz,
 }
 
+/// An IANA time zone by name (`UTC`, `Europe/Paris`).
+pub fn parse_zone(zone: &str) -> Result<chrono_tz::Tz, TimingError> {
+    chrono_tz::Tz::from_str(zone).map_err(|_| {
+        TimingError::Zone(format!(
+            "{zone:?} is not an IANA time zone (e.g. UTC, Europe/Paris)"
+        ))
+    })
+}
+
 /// What is wrong with a schedule's timing, by field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TimingError {
@@ -28,11 +37,7 @@ impl Timing {
     /// and the like; day of month and day of week match either, as in cron), in `zone` (`UTC`
     /// or an IANA name such as `Europe/Paris`).
     pub fn parse(cron: &str, zone: &str) -> Result<Timing, TimingError> {
-        let zone = chrono_tz::Tz::from_str(zone).map_err(|_| {
-            TimingError::Zone(format!(
-                "{zone:?} is not an IANA time zone (e.g. UTC, Europe/Paris)"
-            ))
-        })?;
+        let zone = parse_zone(zone)?;
         let parser = CronParser::builder().seconds(Seconds::Disallowed).build();
         let cron = parser
             .parse(cron)

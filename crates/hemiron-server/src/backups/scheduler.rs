@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::schedule::Timing;
 use crate::service::Services;
 use crate::store::backups::{self as store, ScheduleRow};
 use crate::store::fleet::{self as fleet_store, EventRow};
@@ -67,7 +66,7 @@ async fn run_one(
     s: &ScheduleRow,
     now: i64,
 ) -> Result<(), crate::error::ServiceError> {
-    let timing = Timing::parse(&s.cron, &s.timezone).ok();
+    let timing = super::timing_of(s);
     // The next run after now: runs missed while no server was up are not made up one by one.
     let next = timing
         .as_ref()

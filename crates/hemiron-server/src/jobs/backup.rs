@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use super::vps_jobs::{self, add_event, target, vmid_u32, Target};
 use super::{Claim, JobError};
-use crate::backups::schedule::{Retention, Timing};
 use crate::service::Services;
 use crate::store::backups::{self as store, BackupRow};
 use crate::store::{jobs, now_ms};
@@ -79,30 +78,33 @@ async fn archives(t: &Target, storage: &str, vmid: i64) -> Result<Vec<Content>, 
         .await?)
 }
 
+/// A storage as `GET /nodes/{node}/storage` lists it.
+#[derive(Debug, Deserialize)]
+struct Storage {
+    storage: String,
+    #[serde(default)]
+    content: String,
+    #[serde(default)]
+    shared: Option<u8>,
+    #[serde(default)]
+    active: Option<u8>,
+}
+
+async fn storages(t: &Target) -> Result<Vec<Storage>, JobError> {
+    Ok(t.client
+        .get(&format!("/nodes/{}/storage", t.node), &[])
+        .await?)
+}
+
 /// The storage a backup goes to: one of the node's that takes backups, a shared one first
 /// (its backups can be restored wherever the VPS moves).
-async fn backup_storage(t: &Target) -> Result<(String, bool), JobError> {
-    #[derive(Deserialize)]
-    struct Storage {
-        storage: String,
-        #[serde(default)]
-        content: String,
-        #[serde(default)]
-        shared: Option<u8>,
-        #[serde(default)]
-        active: Option<u8>,
-    }
-    let list: Vec<Storage> = t
-        .client
-        .get(
-            &format!("/nodes/{}/storage", t.node),
-            &[("content", "backup".into())],
-        )
-        .await?;
-    list.into_iter()
+async fn backup_storage(t: &Target) -> Result<String, JobError> {
+    storages(t)
+        .await?
+        .into_iter()
         .filter(|s| s.content.split(',').any(|c| c == "backup") && s.active != Some(0))
-        .map(|s| (s.storage, s.shared == Some(1)))
-        .max_by_key(|(_, shared)| *shared)
+        .max_by_key(|s| s.shared == Some(1))
+        .map(|s| s.storage)
         .ok_or_else(|| JobError::Permanent(format!("node {} has no storage for backups", t.node)))
 }
 
@@ -120,7 +122,7 @@ pub async fn run(svc: &Services, claim: &mut Claim) -> Result<(), JobError> {
         if !matches!(t.vps.state.as_str(), "running" | "stopped") {
             return Err(JobError::Permanent(format!("the VPS is {}", t.vps.state)));
         }
-        let (storage, _) = backup_storage(&t).await?;
+        let storage = backup_storage(&t).await?;
         b.node = t.node.clone();
         b.storage = storage;
         b.taken_at = svc.clock.now_ms();
@@ -232,9 +234,10 @@ async fn doomed_by_retention(
     let mut doomed: Vec<BackupRow> = Vec::new();
     if let Some(sid) = &b.schedule_id {
         if let Some(s) = store::schedule(&svc.db, sid).await? {
-            let timing = Timing::parse(&s.cron, &s.timezone)
-                .map_err(|e| JobError::Permanent(format!("schedule {sid}: {e}")))?;
-            let retention = retention_of(&s);
+            let timing = crate::backups::timing_of(&s).ok_or_else(|| {
+                JobError::Permanent(format!("schedule {sid}: its timing no longer parses"))
+            })?;
+            let retention = crate::backups::retention(&s);
             let mine: Vec<&BackupRow> = all
                 .iter()
                 .filter(|x| x.schedule_id.as_deref() == Some(sid))
@@ -265,16 +268,6 @@ async fn doomed_by_retention(
         }
     }
     Ok(doomed)
-}
-
-pub(crate) fn retention_of(s: &store::ScheduleRow) -> Retention {
-    let n = |v: i64| u64::try_from(v).unwrap_or(0);
-    Retention {
-        last: n(s.keep_last),
-        daily: n(s.keep_daily),
-        weekly: n(s.keep_weekly),
-        monthly: n(s.keep_monthly),
-    }
 }
 
 /// Deletes a backup's archive on its node (already gone counts as done).
@@ -431,17 +424,8 @@ pub async fn restore(svc: &Services, claim: &mut Claim) -> Result<(), JobError> 
 }
 
 async fn storage_shared(t: &Target, storage: &str) -> Result<bool, JobError> {
-    #[derive(Deserialize)]
-    struct Storage {
-        storage: String,
-        #[serde(default)]
-        shared: Option<u8>,
-    }
-    let list: Vec<Storage> = t
-        .client
-        .get(&format!("/nodes/{}/storage", t.node), &[])
-        .await?;
-    Ok(list
+    Ok(storages(t)
+        .await?
         .iter()
         .any(|s| s.storage == storage && s.shared == Some(1)))
 }
