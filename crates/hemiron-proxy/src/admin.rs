@@ -33,6 +33,8 @@ pub struct Admin {
     pub persist: tokio::sync::Mutex<()>,
     pub shared: Arc<Shared>,
     pub config_path: PathBuf,
+    /// The data plane's certificates (when a listener speaks TLS): a reload may change them.
+    pub resolver: Option<Arc<crate::tls::Resolver>>,
     token_digest: [u8; 32],
 }
 
@@ -43,13 +45,19 @@ impl std::fmt::Debug for Admin {
 }
 
 impl Admin {
-    pub fn new(engine: Engine, config_path: PathBuf, token: &str) -> Admin {
+    pub fn new(
+        engine: Engine,
+        config_path: PathBuf,
+        resolver: Option<Arc<crate::tls::Resolver>>,
+        token: &str,
+    ) -> Admin {
         let shared = engine.shared.clone();
         Admin {
             engine: tokio::sync::Mutex::new(engine),
             persist: tokio::sync::Mutex::new(()),
             shared,
             config_path,
+            resolver,
             token_digest: Sha256::digest(token.as_bytes()).into(),
         }
     }
@@ -284,30 +292,49 @@ async fn reload(
 /// Rereads the configuration file; an invalid file changes nothing.
 pub async fn reload_config(admin: &Admin) -> Result<(), AdminError> {
     let path = admin.config_path.clone();
-    let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path))
+    let resolver = admin.resolver.clone();
+    let read = tokio::task::spawn_blocking(move || read_config(&path, resolver.as_deref()))
         .await
         .map_err(|e| AdminError::BadRequest(e.to_string()))?;
-    match loaded {
-        Ok(config) => {
-            let mut engine = admin.engine.lock().await;
-            if **engine.config() == config {
-                return Ok(());
-            }
-            engine.reload(config);
-            tracing::info!("configuration reloaded");
-            admin.save(engine).await
-        }
-        Err(crate::config::ConfigError::Invalid { problems, .. }) => {
+    let (config, certificates) = match read {
+        Ok(read) => read,
+        Err(problems) => {
             for p in &problems {
                 tracing::error!(problem = %p, "configuration not reloaded");
             }
-            Err(AdminError::Config(problems))
+            return Err(AdminError::Config(problems));
         }
-        Err(e) => {
-            tracing::error!(error = %e, "configuration not reloaded");
-            Err(AdminError::Config(vec![e.to_string()]))
-        }
+    };
+    let mut engine = admin.engine.lock().await;
+    if let (Some(resolver), Some(prepared)) = (&admin.resolver, certificates) {
+        resolver.install(prepared);
     }
+    if **engine.config() == config {
+        return Ok(());
+    }
+    engine.reload(config);
+    tracing::info!("configuration reloaded");
+    admin.save(engine).await
+}
+
+/// Reads the configuration file and, when its certificates differ from those served, loads
+/// them: one that cannot be read is a problem of the file like any other, and refuses it.
+fn read_config(
+    path: &std::path::Path,
+    resolver: Option<&crate::tls::Resolver>,
+) -> Result<(crate::config::Config, Option<crate::tls::Prepared>), Vec<String>> {
+    let config = crate::config::load(path).map_err(|e| match e {
+        crate::config::ConfigError::Invalid { problems, .. } => problems,
+        e => vec![e.to_string()],
+    })?;
+    let certificates = match resolver {
+        Some(r) if r.differs(&config.certificates) => Some(
+            crate::tls::Resolver::prepare(&config.certificates)
+                .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?,
+        ),
+        _ => None,
+    };
+    Ok((config, certificates))
 }
 
 /// An app's status: rollout, weights, verdicts and live numbers.

@@ -177,7 +177,6 @@ impl Default for Analysis {
 // ---- the file as written ----
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawFile {
     #[serde(default)]
     proxy: RawProxy,
@@ -190,7 +189,6 @@ struct RawFile {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawProxy {
     workers: Option<usize>,
     drain_timeout: Option<String>,
@@ -209,7 +207,6 @@ struct RawProxy {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawListener {
     name: Option<String>,
     address: String,
@@ -218,7 +215,6 @@ struct RawListener {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCertificate {
     cert: PathBuf,
     key: PathBuf,
@@ -227,7 +223,6 @@ struct RawCertificate {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawApp {
     #[serde(default)]
     hosts: Vec<String>,
@@ -245,7 +240,6 @@ struct RawApp {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawVersion {
     endpoints: Vec<RawEndpoint>,
 }
@@ -266,7 +260,6 @@ fn one() -> u32 {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHealth {
     path: Option<String>,
     interval: Option<String>,
@@ -276,7 +269,6 @@ struct RawHealth {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawOutlier {
     consecutive_5xx: Option<u32>,
     consecutive_connect_failures: Option<u32>,
@@ -284,7 +276,6 @@ struct RawOutlier {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawAnalysis {
     enabled: Option<bool>,
     interval: Option<String>,
@@ -348,8 +339,18 @@ pub enum ParseError {
 
 /// Parses and validates configuration text; relative certificate paths are taken from `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Config, ParseError> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
+    let syntax = |e: toml::de::Error| ParseError::Syntax(e.to_string());
+    // Unknown keys are gathered, not stopped at, so that every one is reported with the rest.
+    let mut unknown = Vec::new();
+    let raw: RawFile =
+        serde_ignored::deserialize(toml::Deserializer::parse(text).map_err(syntax)?, |path| {
+            unknown.push(path.to_string())
+        })
+        .map_err(syntax)?;
     let mut p = Problems(Vec::new());
+    for key in unknown {
+        p.add(&key, "unknown setting");
+    }
     let proxy = proxy_settings(&raw.proxy, &mut p);
 
     let mut listeners: Vec<Listener> = Vec::new();
@@ -415,13 +416,19 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ParseError> {
         if !valid_version_id(name) {
             p.add(&at, "app names use letters, digits, '-' and '_' only");
         }
-        let raw_app: RawApp = match value.clone().try_into() {
+        let mut unknown = Vec::new();
+        let raw_app: RawApp = match serde_ignored::deserialize(value.clone(), |path| {
+            unknown.push(path.to_string())
+        }) {
             Ok(a) => a,
             Err(e) => {
                 p.add(&at, e.to_string().trim());
                 continue;
             }
         };
+        for key in unknown {
+            p.add(&format!("{at}.{key}"), "unknown setting");
+        }
         if let Some(app) = app(name, &at, raw_app, &mut p) {
             apps.push(app);
         }
@@ -787,9 +794,30 @@ endpoints = []
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
-        let e = parse("[proxy]\nworkerz = 2\n", Path::new(".")).unwrap_err();
-        assert!(matches!(e, ParseError::Syntax(m) if m.contains("workerz")));
+    fn unknown_keys_are_refused_every_one() {
+        let e = parse(
+            "[proxy]\nworkerz = 2\n[[listeners]]\naddress = \"127.0.0.1:1\"\nport = 3\n[apps.a]\nstable = \"v\"\nstabel = \"v\"\n[apps.a.versions.v]\nendpoints = [\"127.0.0.1:2\"]\nweigth = 3\n[apps.a.analysis]\nalfa = 0.1\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        let ParseError::Invalid(problems) = e else {
+            panic!("{e:?}")
+        };
+        for key in [
+            "proxy.workerz",
+            "listeners.0.port",
+            "apps.a.stabel",
+            "apps.a.versions.v.weigth",
+            "apps.a.analysis.alfa",
+        ] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with(key) && p.contains("unknown setting")),
+                "{key} in {problems:?}"
+            );
+        }
+        assert_eq!(problems.len(), 5, "{problems:?}");
     }
 
     #[test]

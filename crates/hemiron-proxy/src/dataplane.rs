@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -289,7 +289,7 @@ pub fn admit<'a>(
     let settings = &routes.settings;
     let override_version =
         header(settings.override_header.as_str()).or_else(|| cookie(&settings.override_cookie));
-    let sticky = cookie(&settings.session_cookie).and_then(|c| routes.signer.verify(c, now));
+    let sticky = cookie(&app.session_cookie).and_then(|c| routes.signer.verify(&app.name, c, now));
     let ticket = app.shared.tickets.fetch_add(1, Ordering::Relaxed);
     let ask = Ask {
         override_version,
@@ -321,7 +321,7 @@ pub fn admit<'a>(
         || reason == Reason::Fallback
         || sticky.is_some_and(|s| s != rt.id)
     {
-        rt.session_cookie(&routes.signer, settings, now, tls)
+        rt.session_cookie(&routes.signer, &app.session_cookie, settings, now, tls)
     } else {
         None
     };
@@ -356,24 +356,48 @@ pub fn record(conn: &Conn, admitted: &Admitted, started: Instant, outcome: &Outc
     rt.metrics.requests[class].inc();
     rt.metrics.duration.observe(latency.as_secs_f64());
     rt.sample(status >= 500 || status == 0, latency);
-    if let Some(log) = &conn.shared.access_log {
-        let line = serde_json::json!({
-            "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            "remote": conn.peer.ip().to_string(),
-            "method": outcome.method,
-            "host": outcome.host,
-            "path": outcome.path,
-            "status": status,
-            "app": rt.app,
-            "version": rt.id,
-            "route": format!("{:?}", admitted.reason).to_ascii_lowercase(),
-            "endpoint": outcome.endpoint,
-            "attempts": outcome.attempts,
-            "duration_ms": (latency.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-            "error": outcome.error,
-        });
-        let _ = log.send(line.to_string());
-    }
+    log_access(conn, latency, outcome, Some((rt, admitted.reason)));
+}
+
+/// Writes the access-log line of a request the proxy answered itself, without an upstream:
+/// no app for its host and path, or a request it could not read (`error` says why; an empty
+/// method or host was not read).
+pub fn record_local(conn: &Conn, started: Instant, outcome: &Outcome<'_>) {
+    log_access(conn, started.elapsed(), outcome, None);
+}
+
+/// One JSON access-log line; `served` is the version that served it and how it was chosen.
+fn log_access<'a>(
+    conn: &Conn,
+    latency: Duration,
+    outcome: &Outcome<'a>,
+    served: Option<(&VersionRt, Reason)>,
+) {
+    let Some(log) = &conn.shared.access_log else {
+        return;
+    };
+    // A request answered locally may not have been read far enough to have these.
+    let read = |v: &'a str| (served.is_some() || !v.is_empty()).then_some(v);
+    let route = served.map_or_else(
+        || "local".to_owned(),
+        |(_, reason)| format!("{reason:?}").to_ascii_lowercase(),
+    );
+    let line = serde_json::json!({
+        "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "remote": conn.peer.ip().to_string(),
+        "method": read(outcome.method),
+        "host": read(outcome.host),
+        "path": outcome.path,
+        "status": outcome.status,
+        "app": served.map(|(rt, _)| rt.app.as_str()),
+        "version": served.map(|(rt, _)| rt.id.as_str()),
+        "route": route,
+        "endpoint": outcome.endpoint,
+        "attempts": outcome.attempts,
+        "duration_ms": (latency.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        "error": outcome.error,
+    });
+    let _ = log.send(line.to_string());
 }
 
 /// Serves one request (HTTP/2, and the HTTP/1 requests the fast path hands over).
@@ -391,7 +415,22 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
         shared.unix_secs(started),
     ) {
         Ok(a) => a,
-        Err(refused) => return Ok(local(refused.status(), refused.message())),
+        Err(refused) => {
+            record_local(
+                &conn,
+                started,
+                &Outcome {
+                    method: req.method().as_str(),
+                    host: &host,
+                    path: req.uri().path_and_query().map(|p| p.as_str()),
+                    status: refused.status().as_u16(),
+                    endpoint: None,
+                    attempts: 0,
+                    error: Some(refused.message().trim_end()),
+                },
+            );
+            return Ok(local(refused.status(), refused.message()));
+        }
     };
     let rt = admitted.rt.clone();
     let guard = Inflight::new(rt.clone());

@@ -54,6 +54,9 @@ impl std::fmt::Debug for Shared {
 #[derive(Debug)]
 pub struct Pending {
     app: String,
+    /// Whether any endpoint of each side passes its health checks at the interval's end.
+    canary_healthy: bool,
+    baseline_healthy: bool,
     canary: String,
     baseline: String,
     separate_baseline: bool,
@@ -78,7 +81,16 @@ pub struct Judged {
 pub fn judge(p: Pending) -> Judged {
     let (cs, bs, t) = (&p.canary_sample, &p.baseline_sample, &p.thresholds);
     let assessed = stats::assess(cs, bs, t);
-    let verdict = assessed.verdict;
+    // A canary whose every endpoint failed its health checks or was ejected gets no requests,
+    // so its numbers alone would hold the rollout forever: it fails, unless the baseline is
+    // down too (then the trouble is not the canary's, and the interval holds).
+    let verdict = match (p.canary_healthy, p.baseline_healthy) {
+        (false, true) => stats::Verdict::Fail(
+            "no endpoint of the canary is healthy (failed health checks or ejected)".into(),
+        ),
+        (false, false) => stats::Verdict::NoData,
+        _ => assessed.verdict,
+    };
     let ratio = |s: &stats::Sample| {
         if s.requests == 0 {
             0.0
@@ -136,6 +148,9 @@ pub fn judge(p: Pending) -> Judged {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateFile {
     apps: BTreeMap<String, AppState>,
+    /// Each app's last judged interval, for status.
+    #[serde(default)]
+    last_intervals: BTreeMap<String, AnalysisFigures>,
 }
 
 /// Failure to read or write the state directory.
@@ -268,7 +283,7 @@ impl Engine {
             state_path,
             interval_start: HashMap::new(),
             serving: HashSet::new(),
-            last_verdicts: HashMap::new(),
+            last_verdicts: saved.last_intervals.into_iter().collect(),
         };
         engine.reconcile_states();
         engine.publish(None);
@@ -413,7 +428,9 @@ impl Engine {
                 }
             };
             apps.push(Arc::new(AppRoute {
+                name: app.name.as_str().into(),
                 keys,
+                session_cookie: format!("{}-{}", self.settings.session_cookie, app.name).into(),
                 table,
                 versions: rts,
                 shared,
@@ -452,6 +469,7 @@ impl Engine {
         for (app, version) in started {
             if let Some(rt) = self.runtime(&app, &version) {
                 rt.drain_generation.fetch_add(1, Ordering::Relaxed);
+                rt.pool();
             }
         }
         for (app, version) in stopped {
@@ -511,6 +529,17 @@ impl Engine {
         ));
     }
 
+    /// Starts a new analysis interval for an app (a rollout started or changed step): what
+    /// its versions measured before belongs to another weight or rollout and is dropped.
+    fn new_interval(&mut self, app: &str) {
+        self.interval_start.insert(app.to_owned(), Instant::now());
+        if let Some(versions) = self.runtimes.get(app) {
+            for rt in versions.values() {
+                rt.take_window();
+            }
+        }
+    }
+
     /// Applies an operation to an app; the new table is stored before this returns.
     pub fn apply(&mut self, app_name: &str, op: Op, arrived: Instant) -> Result<(), RolloutError> {
         let config = self.config.clone();
@@ -527,11 +556,11 @@ impl Engine {
         match op {
             Op::Start { version, strategy } => {
                 state.start(app, &version, strategy, now)?;
-                self.interval_start.insert(app.name.clone(), Instant::now());
+                self.new_interval(&app.name);
             }
             Op::Promote => {
                 state.promote(now)?;
-                self.interval_start.insert(app.name.clone(), Instant::now());
+                self.new_interval(&app.name);
             }
             Op::Pause => state.pause(now)?,
             Op::Resume => state.resume(now)?,
@@ -554,6 +583,31 @@ impl Engine {
         if config.listeners != self.config.listeners {
             tracing::warn!("listener changes take effect at the next start");
         }
+        let (old, new) = (&*self.settings, &config.proxy);
+        for (setting, changed) in [
+            ("proxy.workers", old.workers != new.workers),
+            ("proxy.access_log", old.access_log != new.access_log),
+            (
+                "proxy.retry_ratio and proxy.retry_per_second",
+                old.retry_ratio != new.retry_ratio || old.retry_per_second != new.retry_per_second,
+            ),
+        ] {
+            if changed {
+                tracing::warn!(setting, "this change takes effect at the next start");
+            }
+        }
+        let pools_changed = old.pool_idle_timeout != new.pool_idle_timeout
+            || old.pool_max_idle != new.pool_max_idle
+            || old.connect_timeout != new.connect_timeout;
+        // Everything else is read per request from the published routes.
+        self.settings = Arc::new(config.proxy.clone());
+        if pools_changed {
+            // In place: replacing the runtimes would drain them, and close their long-lived
+            // requests (WebSockets) at the drain timeout for a change of pool limits.
+            for rt in self.runtimes.values().flat_map(HashMap::values) {
+                rt.apply_settings(&config.proxy);
+            }
+        }
         self.config = Arc::new(config);
         for app in self.reconcile_states() {
             self.shared.metrics.rollback(&app, "config");
@@ -572,7 +626,7 @@ impl Engine {
             if let Some(state) = self.states.get_mut(&app.name) {
                 if state.tick(app, now) {
                     changed = true;
-                    self.interval_start.insert(app.name.clone(), Instant::now());
+                    self.new_interval(&app.name);
                 }
             }
         }
@@ -616,7 +670,9 @@ impl Engine {
                 self.interval_start.remove(&app.name);
                 continue;
             };
-            if !app.analysis.enabled || r.paused {
+            // A paused rollout is still analysed: pausing holds the weights, and a canary
+            // that fails meanwhile is rolled back all the same.
+            if !app.analysis.enabled {
                 continue;
             }
             let start = *self
@@ -639,8 +695,11 @@ impl Engine {
                 errors: w.errors,
                 latencies: w.latencies,
             };
+            let mono = now_ms(self.shared.epoch);
             due.push(Pending {
                 app: app.name.clone(),
+                canary_healthy: canary_rt.healthy(mono),
+                baseline_healthy: baseline_rt.healthy(mono),
                 canary: r.version.clone(),
                 separate_baseline: r.baseline.is_some(),
                 baseline,
@@ -709,6 +768,12 @@ impl Engine {
     pub fn snapshot(&self) -> Result<Vec<u8>, StateError> {
         let file = StateFile {
             apps: self.states.clone(),
+            last_intervals: self
+                .last_verdicts
+                .iter()
+                .filter(|(app, _)| self.states.contains_key(*app))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         };
         serde_json::to_vec_pretty(&file).map_err(|source| StateError::Encode {
             path: self.state_path.clone(),
@@ -770,6 +835,22 @@ mod tests {
 
     fn engine(dir: &Path) -> Result<Engine, StateError> {
         Engine::new(config(), dir, Signer::new(&[7; 32]), Metrics::new(), None)
+    }
+
+    #[tokio::test]
+    async fn a_reload_applies_proxy_settings_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = engine(dir.path()).unwrap();
+        let before = e.runtime("a", "v1").unwrap().clone();
+        let text = "[proxy]\noverride_header = \"x-qa\"\npool_max_idle = 3\npool_idle_timeout = \"5s\"\n[[listeners]]\naddress=\"127.0.0.1:1\"\n[apps.a]\nstable=\"v1\"\n[apps.a.versions.v1]\nendpoints=[\"127.0.0.1:2\"]\n[apps.a.versions.v2]\nendpoints=[\"127.0.0.1:3\"]\n";
+        e.reload(crate::config::parse(text, Path::new(".")).unwrap());
+        // Read per request from the published routes.
+        assert_eq!(e.shared.routes.load().settings.override_header, "x-qa");
+        // The same runtime (nothing drained), with the new pool limits.
+        let after = e.runtime("a", "v1").unwrap();
+        assert!(Arc::ptr_eq(&before, after));
+        assert_eq!(after.pool_max_idle.load(Ordering::Relaxed), 3);
+        assert_eq!(after.pool_idle_ms.load(Ordering::Relaxed), 5000);
     }
 
     #[test]

@@ -38,6 +38,8 @@ const MAX_HEADERS: usize = 100;
 /// How long a client may take to send a complete request head (also the keep-alive idle
 /// limit).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle keep-alive connection stays open after shutdown begins (see `serve`).
+const KEEPALIVE_GRACE: Duration = Duration::from_secs(2);
 
 /// How a message body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -909,8 +911,13 @@ where
     let mut response_timer = LazyDeadline::new();
     let mut drain = DrainWait::default();
     let mut stop = cx.stop.clone();
+    // At shutdown an idle keep-alive connection is not closed at once: a client may be
+    // sending its next request on it right then, and would see the connection reset. For a
+    // grace period it stays open, and a request that comes is answered with
+    // `Connection: close`; a connection still idle after that is closed.
     let stopping = async move {
         let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(KEEPALIVE_GRACE).await;
     };
     tokio::pin!(stopping);
     let mut started = Instant::now();
@@ -958,8 +965,6 @@ where
                     }
                     other => break other,
                 }
-            } else if rbuf.is_empty() && *cx.stop.borrow() {
-                return;
             }
             rbuf.reserve(4 * 1024);
             let idle = rbuf.is_empty();
@@ -986,6 +991,19 @@ where
                 return serve_hyper(Prefixed { prefix, inner: io }, cx).await;
             }
             ParsedRequest::Bad(status, message) => {
+                dataplane::record_local(
+                    &cx.conn,
+                    started,
+                    &dataplane::Outcome {
+                        method: "",
+                        host: "",
+                        path: None,
+                        status: status.as_u16(),
+                        endpoint: None,
+                        attempts: 0,
+                        error: Some(message.trim_end()),
+                    },
+                );
                 local_response(&mut out, status, message, true);
                 let _ = io.write_all(&out).await;
                 return;
@@ -1005,6 +1023,19 @@ where
         let admitted = match admitted {
             Ok(a) => a,
             Err(refused) => {
+                dataplane::record_local(
+                    &cx.conn,
+                    started,
+                    &dataplane::Outcome {
+                        method: method.as_str(),
+                        host: &host,
+                        path: Some(&target),
+                        status: refused.status().as_u16(),
+                        endpoint: None,
+                        attempts: 0,
+                        error: Some(refused.message().trim_end()),
+                    },
+                );
                 // The body is not read: the connection closes after the answer if it had one.
                 let close = close || body != Framing::Empty || *cx.stop.borrow();
                 local_response(&mut out, refused.status(), refused.message(), close);
@@ -1042,7 +1073,10 @@ where
             )
             .await;
         match end {
-            Ended::KeepAlive if !close_wanted && !*cx.stop.borrow() => {}
+            // A response that did not say `Connection: close` (the stop came during it) keeps
+            // the connection for the grace period: closing it now could cut the client's
+            // next request.
+            Ended::KeepAlive if !close_wanted => {}
             _ => {
                 let _ = io.shutdown().await;
                 return;
@@ -1380,7 +1414,11 @@ impl Exchange<'_> {
         match relayed {
             Ok(()) => {
                 if reusable && ubuf.is_empty() {
-                    ep.checkin(upstream, now, rt.pool_max_idle);
+                    ep.checkin(
+                        upstream,
+                        now,
+                        rt.pool_max_idle.load(std::sync::atomic::Ordering::Relaxed),
+                    );
                 }
                 ubuf.clear();
                 if request_complete {
@@ -1437,7 +1475,10 @@ impl Exchange<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let settings = &self.admitted.settings;
-        let (mut up, reused) = match ep.checkout(self.now, rt.pool_idle_ms) {
+        let (mut up, reused) = match ep.checkout(
+            self.now,
+            rt.pool_idle_ms.load(std::sync::atomic::Ordering::Relaxed),
+        ) {
             Some(s) => (s, true),
             None => (connect(&ep.address, settings.connect_timeout).await?, false),
         };

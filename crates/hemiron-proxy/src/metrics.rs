@@ -410,15 +410,17 @@ impl Metrics {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum VerdictKind {
     Pass,
     NoData,
     Fail,
 }
 
-/// The numbers of one analysis interval, as exported.
-#[derive(Debug, Clone)]
+/// The numbers of one analysis interval, as exported (and kept in the state file, so that a
+/// restarted proxy still shows the last interval).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AnalysisFigures {
     pub verdict: VerdictKind,
     pub canary_error_ratio: f64,

@@ -33,7 +33,7 @@ pub fn now_ms(epoch: Instant) -> u64 {
 
 /// An instant on the same millisecond clock as [`now_ms`].
 pub fn ms_at(epoch: Instant, at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+    millis(at.saturating_duration_since(epoch))
 }
 
 /// One upstream address of a version.
@@ -56,6 +56,9 @@ pub struct EndpointRt {
     pub reported: std::sync::atomic::AtomicU8,
     /// Idle keep-alive connections of the HTTP/1.1 fast path, most recently used last.
     idle: Mutex<Vec<IdleConn>>,
+    /// Whether finished exchanges may pool their connection: not while the version drains,
+    /// so that a drained version holds no idle connection to its upstreams.
+    pooling: AtomicBool,
 }
 
 /// A pooled upstream connection and when it went idle (ms on the proxy's clock).
@@ -105,6 +108,9 @@ impl EndpointRt {
 
     /// Returns a connection to the pool (closed instead when the pool is full).
     pub fn checkin(&self, stream: TcpStream, now: u64, max_idle: usize) {
+        if !self.pooling.load(Ordering::Relaxed) {
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < max_idle {
                 idle.push(IdleConn { stream, since: now });
@@ -119,8 +125,9 @@ impl EndpointRt {
         }
     }
 
-    /// Closes every idle connection.
+    /// Closes every idle connection, and those returned later until [`EndpointRt::pool`].
     pub fn close_idle(&self) {
+        self.pooling.store(false, Ordering::Relaxed);
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }
@@ -145,6 +152,16 @@ pub struct Window {
     pub errors: u64,
     /// Latency to response headers, in milliseconds.
     pub latencies: Vec<f64>,
+}
+
+/// A signed `Set-Cookie` value, kept for the minute it was made in (and only for the cookie
+/// name and lifetime it was made with: a reload may change them).
+#[derive(Debug)]
+pub struct CachedCookie {
+    minute: u64,
+    ttl: u64,
+    name: Box<str>,
+    value: Option<http::HeaderValue>,
 }
 
 /// A version of an app as the data plane sees it.
@@ -173,10 +190,10 @@ pub struct VersionRt {
     /// The last `Set-Cookie` value made for this version, and the minute it was made in:
     /// signing once a minute instead of once per new session keeps HMAC off the hot path
     /// (sessions then expire on a minute boundary, which nobody can tell apart).
-    cookie: ArcSwap<(u64, Option<http::HeaderValue>)>,
+    cookie: ArcSwap<CachedCookie>,
     /// The fast path's pool limits (ms; connections per endpoint).
-    pub pool_idle_ms: u64,
-    pub pool_max_idle: usize,
+    pub pool_idle_ms: AtomicU64,
+    pub pool_max_idle: AtomicUsize,
 }
 
 /// The configuration a version runtime is built from.
@@ -242,6 +259,7 @@ impl VersionRt {
                     check_failures: AtomicU32::new(0),
                     reported: std::sync::atomic::AtomicU8::new(2),
                     idle: Mutex::new(Vec::new()),
+                    pooling: AtomicBool::new(true),
                 }))
             })
             .collect();
@@ -280,9 +298,14 @@ impl VersionRt {
             health: app.health.clone(),
             outlier: app.outlier.clone(),
             spec: Spec::of(app, version),
-            cookie: ArcSwap::from_pointee((u64::MAX, None)),
-            pool_idle_ms: u64::try_from(settings.pool_idle_timeout.as_millis()).unwrap_or(u64::MAX),
-            pool_max_idle: settings.pool_max_idle,
+            cookie: ArcSwap::from_pointee(CachedCookie {
+                minute: u64::MAX,
+                ttl: 0,
+                name: "".into(),
+                value: None,
+            }),
+            pool_idle_ms: AtomicU64::new(millis(settings.pool_idle_timeout)),
+            pool_max_idle: AtomicUsize::new(settings.pool_max_idle),
         }
     }
 
@@ -353,37 +376,44 @@ impl VersionRt {
             .unwrap_or_default()
     }
 
-    /// The `Set-Cookie` header pinning a session to this version.
+    /// The `Set-Cookie` header pinning a session to this version: `name` is the app's session
+    /// cookie ([`AppRoute::session_cookie`]).
     pub fn session_cookie(
         &self,
         signer: &crate::sticky::Signer,
+        name: &str,
         settings: &ProxySettings,
         now: u64,
         secure: bool,
     ) -> Option<http::HeaderValue> {
         let minute = now / 60;
-        let cached = self.cookie.load();
-        if cached.0 == minute && !secure {
-            return cached.1.clone();
-        }
         let ttl = settings.session_ttl.as_secs();
+        let cached = self.cookie.load();
+        if !secure && cached.minute == minute && cached.ttl == ttl && *cached.name == *name {
+            return cached.value.clone();
+        }
         let value = signer
-            .sign(&self.id, (minute + 1) * 60 + ttl)
+            .sign(&self.app, &self.id, (minute + 1) * 60 + ttl)
             .and_then(|v| {
                 http::HeaderValue::from_str(&format!(
-                    "{}={v}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Lax{}",
-                    settings.session_cookie,
+                    "{name}={v}; Path=/; Max-Age={ttl}; HttpOnly; SameSite=Lax{}",
                     if secure { "; Secure" } else { "" }
                 ))
                 .ok()
             });
         if !secure {
-            self.cookie.store(Arc::new((minute, value.clone())));
+            self.cookie.store(Arc::new(CachedCookie {
+                minute,
+                ttl,
+                name: name.into(),
+                value: value.clone(),
+            }));
         }
         value
     }
 
-    /// Closes idle pooled connections (a draining version keeps only its in-flight ones).
+    /// Closes idle pooled connections, now and as requests finish (a draining version keeps
+    /// only its in-flight ones).
     pub fn close_idle(&self, settings: &ProxySettings) {
         self.client.store(Arc::new(client(settings)));
         for ep in &self.endpoints {
@@ -391,12 +421,33 @@ impl VersionRt {
         }
     }
 
+    /// Takes new pool and connect settings (a reload): the fast path's limits at once, and a
+    /// new pooled client for what follows (requests in flight keep the one they have).
+    pub fn apply_settings(&self, settings: &ProxySettings) {
+        self.pool_idle_ms
+            .store(millis(settings.pool_idle_timeout), Ordering::Relaxed);
+        self.pool_max_idle
+            .store(settings.pool_max_idle, Ordering::Relaxed);
+        self.client.store(Arc::new(client(settings)));
+    }
+
+    /// Pools connections again (the version serves again).
+    pub fn pool(&self) {
+        for ep in &self.endpoints {
+            ep.pooling.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Closes the fast path's idle connections that timed out or were closed upstream.
     pub fn sweep_idle(&self, now: u64) {
         for ep in &self.endpoints {
-            ep.sweep(now, self.pool_idle_ms);
+            ep.sweep(now, self.pool_idle_ms.load(Ordering::Relaxed));
         }
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn num_gcd(a: u32, b: u32) -> u32 {
@@ -424,7 +475,11 @@ pub struct RouteKeys {
 /// One app in the published routes.
 #[derive(Debug)]
 pub struct AppRoute {
+    pub name: Box<str>,
     pub keys: Arc<RouteKeys>,
+    /// The name of the cookie that pins this app's sessions: the configured name and the
+    /// app's (`hemiron-session-web`), so that apps sharing a host keep their own pins.
+    pub session_cookie: Box<str>,
     pub table: Table,
     /// Aligned with `table.versions()`.
     pub versions: Vec<Arc<VersionRt>>,

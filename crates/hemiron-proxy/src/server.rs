@@ -234,7 +234,12 @@ pub async fn start(opts: ProxyOptions) -> Result<Running, ProxyError> {
     let shared = engine.shared.clone();
     // The first start writes the state the configuration implies.
     engine::persist(engine.state_path(), &engine.snapshot()?)?;
-    let admin = Arc::new(Admin::new(engine, opts.config.clone(), &token));
+    let admin = Arc::new(Admin::new(
+        engine,
+        opts.config.clone(),
+        resolver.clone(),
+        &token,
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let tls_acceptor = resolver
         .clone()

@@ -31,8 +31,32 @@ struct Loaded {
 #[derive(Debug)]
 pub struct Resolver {
     certs: ArcSwap<Vec<Loaded>>,
+    /// What `certs` was loaded from, and the files' modification times then.
+    files: std::sync::Mutex<Files>,
+}
+
+#[derive(Debug)]
+struct Files {
     specs: Vec<Certificate>,
-    stamps: std::sync::Mutex<Vec<Option<SystemTime>>>,
+    stamps: Vec<Option<SystemTime>>,
+}
+
+impl Files {
+    /// `specs` and their files' modification times now (taken before loading them, so that a
+    /// file changed meanwhile is loaded again by the next refresh).
+    fn of(specs: &[Certificate]) -> Files {
+        Files {
+            specs: specs.to_vec(),
+            stamps: specs.iter().map(stamp).collect(),
+        }
+    }
+}
+
+/// A certificate set loaded from a configuration, ready to be served.
+#[derive(Debug)]
+pub struct Prepared {
+    files: Files,
+    loaded: Vec<Loaded>,
 }
 
 fn load(c: &Certificate) -> Result<Loaded, TlsError> {
@@ -70,31 +94,65 @@ fn stamp(c: &Certificate) -> Option<SystemTime> {
 }
 
 impl Resolver {
+    /// A resolver serving `specs`; fails on the first that cannot be loaded.
     pub fn new(specs: &[Certificate]) -> Result<Resolver, TlsError> {
+        let files = Files::of(specs);
         let loaded = specs.iter().map(load).collect::<Result<Vec<_>, _>>()?;
         Ok(Resolver {
             certs: ArcSwap::from_pointee(loaded),
-            specs: specs.to_vec(),
-            stamps: std::sync::Mutex::new(specs.iter().map(stamp).collect()),
+            files: std::sync::Mutex::new(files),
         })
+    }
+
+    /// Whether `specs` differ from the certificates served now.
+    pub fn differs(&self, specs: &[Certificate]) -> bool {
+        self.files.lock().map_or(true, |f| f.specs != specs)
+    }
+
+    /// Loads the certificates of a new configuration; every one that cannot be loaded is
+    /// reported (and the configuration should then be refused whole).
+    pub fn prepare(specs: &[Certificate]) -> Result<Prepared, Vec<TlsError>> {
+        let files = Files::of(specs);
+        let (mut loaded, mut errors) = (Vec::new(), Vec::new());
+        for spec in specs {
+            match load(spec) {
+                Ok(l) => loaded.push(l),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Prepared { files, loaded })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Serves a prepared certificate set from the next handshake on.
+    pub fn install(&self, prepared: Prepared) {
+        let Ok(mut files) = self.files.lock() else {
+            return;
+        };
+        self.certs.store(Arc::new(prepared.loaded));
+        *files = prepared.files;
+        tracing::info!(certificates = files.specs.len(), "certificate set replaced");
     }
 
     /// Reloads certificates whose files changed; a file that fails to load keeps the old
     /// certificate (and is reported).
     pub fn refresh(&self) {
-        let Ok(mut stamps) = self.stamps.lock() else {
+        let Ok(mut files) = self.files.lock() else {
             return;
         };
-        let now: Vec<Option<SystemTime>> = self.specs.iter().map(stamp).collect();
-        if *stamps == now {
+        let now: Vec<Option<SystemTime>> = files.specs.iter().map(stamp).collect();
+        if files.stamps == now {
             return;
         }
         let old = self.certs.load_full();
-        let mut next = Vec::with_capacity(self.specs.len());
-        for (i, spec) in self.specs.iter().enumerate() {
+        let mut next = Vec::with_capacity(files.specs.len());
+        for (i, spec) in files.specs.iter().enumerate() {
             match load(spec) {
                 Ok(l) => {
-                    if stamps.get(i) != now.get(i) {
+                    if files.stamps.get(i) != now.get(i) {
                         tracing::info!(cert = %spec.cert.display(), "certificate reloaded");
                     }
                     next.push(l)
@@ -111,7 +169,7 @@ impl Resolver {
             }
         }
         self.certs.store(Arc::new(next));
-        *stamps = now;
+        files.stamps = now;
     }
 }
 

@@ -66,13 +66,27 @@ fn version_of(resp: &reqwest::blocking::Response) -> String {
         .to_string()
 }
 
-fn session_cookie(resp: &reqwest::blocking::Response) -> Option<String> {
+/// The whole `Set-Cookie` header that sets cookie `name`, if the answer has one.
+fn set_cookie(resp: &reqwest::blocking::Response, name: &str) -> Option<String> {
     resp.headers()
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("hemiron-session="))
-        .map(|c| c.split(';').next().unwrap().to_string())
+        .find(|c| {
+            c.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('='))
+        })
+        .map(str::to_string)
+}
+
+/// The `name=value` pair of cookie `name` set by the answer (what a client sends back).
+fn cookie_pair(resp: &reqwest::blocking::Response, name: &str) -> Option<String> {
+    set_cookie(resp, name).map(|c| c.split(';').next().unwrap().to_string())
+}
+
+/// The session cookie of app `shop` set by the answer.
+fn session_cookie(resp: &reqwest::blocking::Response) -> Option<String> {
+    cookie_pair(resp, "hemiron-session-shop")
 }
 
 /// Sends `n` cookie-less GETs, 20 at a time, and counts the versions that answered.
@@ -213,6 +227,159 @@ fn weights_stickiness_and_overrides() {
     assert_eq!(status, 409);
     let (status, _) = proxy.admin("GET", "/apps/nope", None);
     assert_eq!(status, 404);
+}
+
+#[test]
+fn apps_sharing_a_host_keep_their_own_sessions() {
+    let rt = runtime();
+    let (s1, s2, a1, a2) = (
+        upstream(&rt, "shop-v1"),
+        upstream(&rt, "shop-v2"),
+        upstream(&rt, "api-v1"),
+        upstream(&rt, "api-v2"),
+    );
+    let dir = tempdir();
+    let proxy = Proxy::start(
+        dir.path(),
+        &format!(
+            "[proxy]\nworkers = 2\n[[listeners]]\naddress = \"{{listen}}\"\n\
+             [apps.shop]\nstable = \"v1\"\n[apps.shop.analysis]\nenabled = false\n\
+             [apps.shop.versions.v1]\nendpoints = [\"{}\"]\n[apps.shop.versions.v2]\nendpoints = [\"{}\"]\n\
+             [apps.api]\npaths = [\"/api\"]\nstable = \"v1\"\n[apps.api.analysis]\nenabled = false\n\
+             [apps.api.versions.v1]\nendpoints = [\"{}\"]\n[apps.api.versions.v2]\nendpoints = [\"{}\"]\n",
+            s1.address(),
+            s2.address(),
+            a1.address(),
+            a2.address()
+        ),
+    );
+    for app in ["shop", "api"] {
+        proxy.admin_ok(
+            "POST",
+            &format!("/apps/{app}/rollout"),
+            Some(json!({"version": "v2", "canary": "50"})),
+        );
+    }
+    let http = reqwest::blocking::Client::new();
+    // A shop session on v1 and an api session on v2: one browser holding both cookies.
+    let (shop_cookie, api_cookie) = {
+        let mut shop = None;
+        let mut api = None;
+        for _ in 0..40 {
+            let r = http.get(proxy.url("/")).send().unwrap();
+            if version_of(&r) == "v1" {
+                shop = cookie_pair(&r, "hemiron-session-shop");
+            }
+            let r = http.get(proxy.url("/api/x")).send().unwrap();
+            if version_of(&r) == "v2" {
+                api = cookie_pair(&r, "hemiron-session-api");
+            }
+        }
+        (
+            shop.expect("a shop session on v1"),
+            api.expect("an api session on v2"),
+        )
+    };
+    let both = format!("{shop_cookie}; {api_cookie}");
+    for _ in 0..10 {
+        let r = http
+            .get(proxy.url("/"))
+            .header("cookie", &both)
+            .send()
+            .unwrap();
+        assert_eq!(version_of(&r), "v1");
+        assert!(
+            r.headers().get("set-cookie").is_none(),
+            "the shop pin holds"
+        );
+        let r = http
+            .get(proxy.url("/api/x"))
+            .header("cookie", &both)
+            .send()
+            .unwrap();
+        assert_eq!(version_of(&r), "v2");
+        assert!(r.headers().get("set-cookie").is_none(), "the api pin holds");
+    }
+    // One app's pin cannot be carried over to another: the MAC binds it to its app.
+    let carried = shop_cookie.replacen("hemiron-session-shop=", "hemiron-session-api=", 1);
+    let r = http
+        .get(proxy.url("/api/x"))
+        .header("cookie", &carried)
+        .send()
+        .unwrap();
+    assert!(
+        cookie_pair(&r, "hemiron-session-api").is_some(),
+        "the carried cookie is ignored: a new api session"
+    );
+}
+
+#[test]
+fn no_request_sent_after_a_rollback_answer_reaches_the_old_version() {
+    let rt = runtime();
+    let dir = tempdir();
+    let (_a, _b, proxy) = two_versions(&rt, dir.path());
+    let url = proxy.url("/");
+    let admin = format!("http://{}/api/v1/apps/shop", proxy.admin);
+    let token = proxy.token.clone();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        // Requests in flight at every switch: they may finish on either version.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let background = {
+            let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let r = client.get(&url).send().await.unwrap();
+                    assert!(r.status().is_success());
+                }
+            })
+        };
+        // `n` requests at once, all sent after the call returns: the versions that answered.
+        let burst = |n: usize| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let answers =
+                    futures_util::future::join_all((0..n).map(|_| client.get(&url).send())).await;
+                answers
+                    .into_iter()
+                    .map(|r| {
+                        let r = r.unwrap();
+                        assert!(r.status().is_success());
+                        r.headers()["x-hemiron-version"]
+                            .to_str()
+                            .unwrap()
+                            .to_string()
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        for round in 0..20 {
+            let r = client
+                .post(format!("{admin}/rollout"))
+                .bearer_auth(&token)
+                .json(&json!({"version": "v2", "canary": "50"}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            let seen = burst(40).await;
+            assert!(seen.iter().any(|v| v == "v2"), "round {round}: {seen:?}");
+            let r = client
+                .post(format!("{admin}/rollback"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            let seen = burst(40).await;
+            assert!(
+                seen.iter().all(|v| v == "v1"),
+                "round {round}: admitted after the rollback's answer: {seen:?}"
+            );
+        }
+        stop.store(true, Ordering::SeqCst);
+        background.await.unwrap();
+    });
 }
 
 #[test]
@@ -394,12 +561,27 @@ fn reloads_keep_rollouts_and_state_survives_restarts() {
     let at_25 = vec![("v1".to_string(), 75.0), ("v2".to_string(), 25.0)];
     assert_eq!(weights(&proxy), at_25);
 
-    // A restart serves exactly what was served: same rollout, same step, same sessions.
+    // A restart serves exactly what was served: same rollout, same step, same pause, same
+    // events, same sessions.
+    proxy.admin_ok("POST", "/apps/shop/pause", None);
+    let before = proxy.admin_ok("GET", "/apps/shop", None);
+    assert_eq!(before["rollout"]["paused"], true);
     proxy.stop();
     let text = std::fs::read_to_string(&proxy.config).unwrap();
     let listen = proxy.data.to_string();
     proxy.launch();
     assert_eq!(weights(&proxy), at_25);
+    let after = proxy.admin_ok("GET", "/apps/shop", None);
+    for key in [
+        "rollout",
+        "events",
+        "stable",
+        "previous_stable",
+        "last_outcome",
+    ] {
+        assert_eq!(after[key], before[key], "{key}");
+    }
+    proxy.admin_ok("POST", "/apps/shop/resume", None);
     let r = http
         .get(proxy.url("/"))
         .header("cookie", &pinned)
@@ -494,7 +676,7 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
     );
     let url = first.url("/");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Clients: a new connection per request, and one keep-alive client.
+    // Clients: a new connection per request, pooled keep-alive connections, and HTTP/2.
     let load = {
         let (url, stop) = (url.clone(), stop.clone());
         rt.spawn(async move {
@@ -502,11 +684,26 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
                 .pool_max_idle_per_host(0)
                 .build()
                 .unwrap();
+            let kept = reqwest::Client::new();
+            let h2c = reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .unwrap();
             let mut tick = tokio::time::interval(Duration::from_millis(5));
             let mut tasks = Vec::new();
+            let mut n = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 tick.tick().await;
-                let (client, url) = (fresh.clone(), url.clone());
+                n += 1;
+                // A third of the requests open a connection each, a third reuse pooled
+                // HTTP/1.1 keep-alive connections, and a third go over one HTTP/2 connection
+                // (GOAWAY at the stop).
+                let client = match n % 3 {
+                    0 => &fresh,
+                    1 => &kept,
+                    _ => &h2c,
+                };
+                let (client, url) = (client.clone(), url.clone());
                 tasks.push(tokio::spawn(async move {
                     let r = client.get(&url).send().await.map_err(|e| e.to_string())?;
                     if r.status().is_success() {
@@ -531,26 +728,39 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
         Duration::from_secs(20),
         || (first.log().matches("admin API on").count() >= 2).then_some(()),
     );
-    // Every new connection now goes to the second process: a second later (requests take
-    // 300 ms), the first holds no connection on the port while it still runs.
+    // Every new connection now goes to the second process; the first keeps only the
+    // keep-alive connections it had.
     std::thread::sleep(Duration::from_millis(1000));
     let mut old = common::proxy::Spawned(first.take_child().unwrap());
     let port = first.data.port();
-    let ss = std::process::Command::new("ss")
-        .args([
-            "-Htnp",
-            "state",
-            "established",
-            &format!("( sport = :{port} )"),
-        ])
-        .output()
-        .unwrap();
-    let sockets = String::from_utf8_lossy(&ss.stdout).to_string();
     let old_pid = format!("pid={},", old.0.id());
-    assert!(sockets.lines().count() > 10, "the load is on: {sockets}");
+    let sockets_of_old = || {
+        let ss = std::process::Command::new("ss")
+            .args([
+                "-Htnp",
+                "state",
+                "established",
+                &format!("( sport = :{port} )"),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&ss.stdout).to_string();
+        assert!(text.lines().count() > 10, "the load is on: {text}");
+        text.lines()
+            .filter(|l| l.contains(&old_pid))
+            .map(|l| l.split_whitespace().nth(3).unwrap().to_string())
+            .collect::<std::collections::HashSet<String>>()
+    };
+    let before = sockets_of_old();
     assert!(
-        !sockets.contains(&old_pid),
-        "the old process still gets connections:\n{sockets}"
+        !before.is_empty(),
+        "keep-alive connections of the old process are in use as it stops"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let new_ones: Vec<String> = sockets_of_old().difference(&before).cloned().collect();
+    assert!(
+        new_ones.is_empty(),
+        "the old process still gets new connections: {new_ones:?}"
     );
     common::proxy::terminate(&mut old.0);
     assert!(
@@ -638,8 +848,8 @@ fn tls_with_sni_and_alpn_h2c_and_certificate_reloads() {
         .unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(version_of(&r), "v1");
-    let set_cookie = session_cookie_header(&r);
-    assert!(set_cookie.contains("Secure"), "{set_cookie}");
+    let header = set_cookie(&r, "hemiron-session-shop").unwrap_or_default();
+    assert!(header.contains("Secure"), "{header}");
     let body = r.text().unwrap();
     assert!(body.starts_with("v1 "), "{body}");
 
@@ -668,16 +878,30 @@ fn tls_with_sni_and_alpn_h2c_and_certificate_reloads() {
         (now.contains("subject=") && now != shop).then_some(())
     });
     assert!(proxy.log().contains("certificate reloaded"));
-}
 
-fn session_cookie_header(resp: &reqwest::blocking::Response) -> String {
-    resp.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("hemiron-session="))
-        .unwrap_or_default()
-        .to_string()
+    // A certificate added to the configuration is served after a reload; until then the
+    // name gets the first certificate.
+    certificate(dir.path(), "docs", "docs.test");
+    let before = served_certificate(&tls_addr, "docs.test");
+    let renewed_shop = served_certificate(&tls_addr, "shop.test");
+    assert_eq!(before, renewed_shop);
+    let with_docs = std::fs::read_to_string(&proxy.config).unwrap().replace(
+        "[apps.shop]",
+        "[[certificates]]\ncert = \"docs.pem\"\nkey = \"docs.key\"\nhosts = [\"docs.test\"]\n[apps.shop]",
+    );
+    std::fs::write(&proxy.config, &with_docs).unwrap();
+    proxy.admin_ok("POST", "/reload", None);
+    let docs = served_certificate(&tls_addr, "docs.test");
+    assert!(docs.contains("subject="), "{docs}");
+    assert_ne!(docs, renewed_shop);
+    // One that cannot be read refuses the whole file, and what is served stays.
+    let broken = with_docs.replace("docs.pem", "missing.pem");
+    std::fs::write(&proxy.config, broken).unwrap();
+    let (status, body) = proxy.admin("POST", "/reload", None);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("missing.pem"), "{body}");
+    assert_eq!(served_certificate(&tls_addr, "docs.test"), docs);
+    std::fs::write(&proxy.config, &with_docs).unwrap();
 }
 
 #[test]
@@ -715,6 +939,13 @@ fn failed_connects_are_retried_and_every_request_is_logged() {
         )),
         "{metrics}"
     );
+    // A request the proxy answers itself is logged too.
+    let answer = raw_exchange(
+        proxy.data,
+        &[b"GET /twice HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"],
+        Duration::ZERO,
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     // One JSON line per request.
     let lines = wait_for("the access log", Duration::from_secs(5), || {
         let text = std::fs::read_to_string(&log).ok()?;
@@ -722,9 +953,16 @@ fn failed_connects_are_retried_and_every_request_is_logged() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        (lines.len() >= 20).then_some(lines)
+        (lines.len() >= 21).then_some(lines)
     });
-    assert_eq!(lines.len(), 20);
+    assert_eq!(lines.len(), 21);
+    let refused = &lines[20];
+    assert_eq!(refused["status"], 400, "{refused}");
+    assert_eq!(refused["route"], "local", "{refused}");
+    assert!(
+        refused["app"].is_null() && !refused["error"].is_null(),
+        "{refused}"
+    );
     let post = lines.iter().find(|l| l["method"] == "POST").unwrap();
     for field in [
         "time",
@@ -747,6 +985,161 @@ fn failed_connects_are_retried_and_every_request_is_logged() {
         lines.iter().any(|l| l["attempts"] == 2),
         "a retried request says so"
     );
+}
+
+#[test]
+fn an_endpoint_refusing_connections_is_ejected() {
+    let rt = runtime();
+    let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
+    let dead = format!("127.0.0.1:{}", common::proxy::free_port());
+    let dir = tempdir();
+    let text = format!(
+        "[proxy]\nworkers = 2\n[[listeners]]\naddress = \"{{listen}}\"\n[apps.shop]\nstable = \"v1\"\n[apps.shop.analysis]\nenabled = false\n[apps.shop.outlier]\nconsecutive_connect_failures = 3\nbase_ejection = \"60s\"\n[apps.shop.versions.v1]\nendpoints = [\"{dead}\", \"{}\"]\n[apps.shop.versions.v2]\nendpoints = [\"{}\"]\n",
+        a.address(),
+        b.address()
+    );
+    let proxy = Proxy::start(dir.path(), &text);
+    let http = reqwest::blocking::Client::new();
+    let failures = |metrics: &str| -> u64 {
+        let series = format!(
+            "hemiron_proxy_upstream_connect_failures_total{{app=\"shop\",version=\"v1\",endpoint=\"{dead}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    for _ in 0..20 {
+        let r = http.get(proxy.url("/")).send().unwrap();
+        assert!(r.status().is_success(), "retried on the live endpoint");
+    }
+    let metrics = proxy.metrics();
+    assert_eq!(
+        failures(&metrics),
+        3,
+        "ejected after 3 failed connects:\n{metrics}"
+    );
+    // Exported by the engine's next tick.
+    wait_for(
+        "the ejection in the metrics",
+        Duration::from_secs(5),
+        || {
+            proxy
+            .metrics()
+            .contains(&format!(
+                "hemiron_proxy_endpoint_healthy{{app=\"shop\",version=\"v1\",endpoint=\"{dead}\"}} 0"
+            ))
+            .then_some(())
+        },
+    );
+    // Ejected: no more connects are tried while the ejection lasts.
+    for _ in 0..20 {
+        assert!(http
+            .get(proxy.url("/"))
+            .send()
+            .unwrap()
+            .status()
+            .is_success());
+    }
+    assert_eq!(failures(&proxy.metrics()), 3);
+    assert_eq!(a.requests(), 40);
+}
+
+/// An upstream that reads each request's head and closes the connection without answering:
+/// it may have acted on the request. Counts (GETs, POSTs) received.
+fn closing_upstream(rt: &tokio::runtime::Runtime) -> (String, Arc<(AtomicU64, AtomicU64)>) {
+    use tokio::io::AsyncReadExt;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let counts = seen.clone();
+    rt.spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                if head.starts_with(b"POST") {
+                    counts.1.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    counts.0.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn only_idempotent_requests_are_retried_and_within_the_budget() {
+    let rt = runtime();
+    let good = upstream(&rt, "v1");
+    let (bad, seen) = closing_upstream(&rt);
+    let dir = tempdir();
+    // No retries per second for free: the budget is 20% of the requests alone. Outlier
+    // ejection off, so that the failing endpoint keeps its turn.
+    let text = format!(
+        "[proxy]\nworkers = 1\nretry_per_second = 0\nretry_ratio = 0.2\n[[listeners]]\naddress = \"{{listen}}\"\n[apps.shop]\nstable = \"v1\"\n[apps.shop.analysis]\nenabled = false\n[apps.shop.outlier]\nconsecutive_5xx = 1000\nconsecutive_connect_failures = 1000\n[apps.shop.versions.v1]\nendpoints = [\"{bad}\", \"{}\"]\n",
+        good.address()
+    );
+    let proxy = Proxy::start(dir.path(), &text);
+    let http = reqwest::blocking::Client::new();
+    let (mut gets_ok, mut gets_failed) = (0u64, 0u64);
+    for _ in 0..200 {
+        let r = http.get(proxy.url("/")).send().unwrap();
+        match r.status().as_u16() {
+            200 => gets_ok += 1,
+            502 => gets_failed += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    let (mut posts_ok, mut posts_failed) = (0u64, 0u64);
+    for i in 0..20 {
+        let r = http
+            .post(proxy.url("/"))
+            .body(format!("order {i}"))
+            .send()
+            .unwrap();
+        match r.status().as_u16() {
+            200 => posts_ok += 1,
+            502 => posts_failed += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    let metrics = proxy.metrics();
+    let retries: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("hemiron_proxy_retries_total{app=\"shop\",version=\"v1\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bad_gets = seen.0.load(Ordering::SeqCst);
+    eprintln!(
+        "GETs: {gets_ok} ok, {gets_failed} failed, {bad_gets} reached the closing endpoint, {retries} retried; POSTs: {posts_ok} ok, {posts_failed} failed"
+    );
+    // Every GET the closing endpoint took was retried on the other one or failed; retries
+    // stay within 20% of the 220 requests.
+    assert_eq!(bad_gets, retries + gets_failed, "{metrics}");
+    assert!(retries >= 10, "retries happen ({retries})");
+    assert!(retries <= 220 / 5 + 1, "the budget holds ({retries})");
+    assert!(gets_failed > 0, "beyond the budget, GETs fail");
+    // A POST the closing endpoint read is never sent again: it may have been executed.
+    assert_eq!(seen.1.load(Ordering::SeqCst), posts_failed);
+    assert_eq!(good.posts(), posts_ok);
+    assert_eq!(posts_ok + posts_failed, 20);
+    assert!(posts_failed > 0);
 }
 
 #[test]

@@ -248,6 +248,11 @@ fn a_canary_with_five_percent_errors_is_rolled_back_within_15_s() {
         text.contains("p(errors)") && text.contains("alpha 0.01"),
         "{text}"
     );
+    // Without a declared baseline the canary is compared with stable, and it says so.
+    assert!(
+        text.contains("stable v1 (no separate baseline declared)"),
+        "{text}"
+    );
     assert!(metrics.contains("hemiron_proxy_rollbacks_total{app=\"shop\",reason=\"analysis\"} 1"));
     assert!(metrics.contains("hemiron_proxy_analysis_verdict{app=\"shop\"} -1"));
     assert!(metrics.contains("hemiron_proxy_analysis_alpha{app=\"shop\",check=\"errors\"} 0.01"));
@@ -292,11 +297,59 @@ fn a_canary_50_ms_slower_is_rolled_back_within_30_s() {
 }
 
 #[test]
+fn a_canary_with_no_healthy_endpoint_is_rolled_back_even_while_paused() {
+    let rt = runtime();
+    let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
+    let dir = tempdir();
+    let mut proxy = Proxy::start(
+        dir.path(),
+        &two_versions(
+            &a,
+            &b,
+            "[apps.shop.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nunhealthy_after = 2\nhealthy_after = 2\n",
+        ),
+    );
+    proxy.admin_ok(
+        "POST",
+        "/apps/shop/rollout",
+        Some(json!({"version": "v2", "canary": "10"})),
+    );
+    proxy.admin_ok("POST", "/apps/shop/pause", None);
+    // Its only endpoint fails its checks: it gets no requests at all, so its numbers alone
+    // would hold the rollout forever.
+    b.behaviour.unhealthy.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let status = common::wait_for("the rollback", Duration::from_secs(25), || {
+        let s = proxy.admin_ok("GET", "/apps/shop", None);
+        s["rollout"].is_null().then_some(s)
+    });
+    eprintln!("rolled back after {:?}", started.elapsed());
+    let outcome = status["last_outcome"].as_str().unwrap();
+    assert!(
+        outcome.contains("no endpoint of the canary is healthy"),
+        "{outcome}"
+    );
+    assert_eq!(status["stable"], "v1");
+    assert!(proxy
+        .metrics()
+        .contains("hemiron_proxy_rollbacks_total{app=\"shop\",reason=\"analysis\"} 1"));
+    assert_eq!(status["last_interval"]["verdict"], "fail", "{status}");
+    // A restart still shows the decision and the interval it rested on.
+    proxy.stop();
+    proxy.launch();
+    let again = proxy.admin_ok("GET", "/apps/shop", None);
+    for key in ["last_interval", "last_outcome", "events", "stable"] {
+        assert_eq!(again[key], status[key], "{key}");
+    }
+}
+
+#[test]
 fn twenty_a_a_runs_of_two_minutes_never_fail() {
     const RUNS: usize = 20;
     let rt = runtime();
     // The same build three times: the stable instance set, the baseline (a separate
-    // instance set of the stable build, given the canary's weight) and the "canary".
+    // instance set of the stable build, given the canary's weight) and the "canary". Half
+    // the runs declare the baseline; the other half compare the canary with stable.
     let (a, base, b) = (
         upstream(&rt, "build-1"),
         upstream(&rt, "build-1-baseline"),
@@ -305,7 +358,8 @@ fn twenty_a_a_runs_of_two_minutes_never_fail() {
     let mut text = "[proxy]\nworkers = 2\n[[listeners]]\naddress = \"{listen}\"\n".to_string();
     for i in 0..RUNS {
         text.push_str(&format!(
-            "[apps.app{i}]\nhosts = [\"app{i}.test\"]\nstable = \"v1\"\nbaseline = \"base\"\n[apps.app{i}.versions.v1]\nendpoints = [\"{}\"]\n[apps.app{i}.versions.base]\nendpoints = [\"{}\"]\n[apps.app{i}.versions.v2]\nendpoints = [\"{}\"]\n",
+            "[apps.app{i}]\nhosts = [\"app{i}.test\"]\nstable = \"v1\"\n{}[apps.app{i}.versions.v1]\nendpoints = [\"{}\"]\n[apps.app{i}.versions.base]\nendpoints = [\"{}\"]\n[apps.app{i}.versions.v2]\nendpoints = [\"{}\"]\n",
+            if i % 2 == 0 { "baseline = \"base\"\n" } else { "" },
             a.address(),
             base.address(),
             b.address()
@@ -345,6 +399,8 @@ fn twenty_a_a_runs_of_two_minutes_never_fail() {
     for i in 0..RUNS {
         let s = proxy.admin_ok("GET", &format!("/apps/app{i}"), None);
         assert!(s["rollout"].is_object(), "A/A run {i} was rolled back: {s}");
+        let against = if i % 2 == 0 { "base" } else { "v1" };
+        assert_eq!(s["rollout"]["baseline"]["version"], against, "{s}");
         let fails =
             format!("hemiron_proxy_analysis_intervals_total{{app=\"app{i}\",verdict=\"fail\"}}");
         assert!(!metrics.contains(&fails), "A/A run {i} failed an interval");

@@ -356,9 +356,11 @@ pub fn now_ms() -> i64 {
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// A new random id.
+/// A new id: a UUIDv7, which this process makes in increasing order. Lists are ordered by
+/// creation time then id, so rows made in the same millisecond still come back in the order
+/// they were made (with random ids they came back in a random order).
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 #[cfg(test)]
