@@ -343,6 +343,11 @@ impl Engine {
             .or_default()
             .insert(version.id.clone(), rt.clone());
         if let Some(old) = old {
+            for ep in &rt.endpoints {
+                if let Some(was) = old.endpoints.iter().find(|o| o.address == ep.address) {
+                    ep.inherit_health(was);
+                }
+            }
             // Its endpoints changed: the old set finishes what it has, then goes away.
             self.start_drain(old);
         }

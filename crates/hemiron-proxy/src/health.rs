@@ -17,14 +17,50 @@ use crate::runtime::{now_ms, EndpointRt, VersionRt};
 
 type CheckClient = Client<HttpConnector, Empty<Bytes>>;
 
-/// Runs until the process ends: every 100 ms, starts the checks that are due.
-pub async fn run(shared: Arc<Shared>) {
+fn check_client() -> CheckClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(1)));
     // A fresh connection per check: a check should see what a new connection would.
-    let client: CheckClient = Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
-        .build(connector);
+        .build(connector)
+}
+
+/// Checks every endpoint once and waits for the answers (each within its check's timeout):
+/// run before the listeners open, so that a starting proxy — a restart or the second half
+/// of a handover included — sends nothing to an endpoint that is down, as a proxy that had
+/// been running would not have.
+pub async fn first_round(shared: &Arc<Shared>) {
+    let client = check_client();
+    let routes = shared.routes.load_full();
+    let now = now_ms(shared.epoch);
+    let mut checks = tokio::task::JoinSet::new();
+    for app in &routes.apps {
+        for rt in &app.versions {
+            let Some(check) = &rt.health else { continue };
+            let interval = u64::try_from(check.interval.as_millis()).unwrap_or(1000);
+            for ep in &rt.endpoints {
+                ep.next_check.store(now + interval, Ordering::Relaxed);
+                checks.spawn(check_one(
+                    shared.clone(),
+                    client.clone(),
+                    rt.clone(),
+                    ep.clone(),
+                ));
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    let total = checks.len();
+    while checks.join_next().await.is_some() {}
+    if total > 0 {
+        tracing::info!(checks = total, elapsed_ms = %started.elapsed().as_millis(), "first health checks done");
+    }
+}
+
+/// Runs until the process ends: every 100 ms, starts the checks that are due.
+pub async fn run(shared: Arc<Shared>) {
+    let client = check_client();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
@@ -83,6 +119,7 @@ async fn check_one(
         }
     };
     let was = ep.active_ok.load(Ordering::Relaxed);
+    let first = !ep.checked.swap(true, Ordering::Relaxed);
     if ok {
         ep.check_failures.store(0, Ordering::Relaxed);
         let passes = ep.check_passes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -96,7 +133,7 @@ async fn check_one(
     } else {
         ep.check_passes.store(0, Ordering::Relaxed);
         let failures = ep.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if was && failures >= check.unhealthy_after {
+        if was && (first || failures >= check.unhealthy_after) {
             ep.active_ok.store(false, Ordering::Relaxed);
             tracing::warn!(app = %rt.app, version = %rt.id, endpoint = %ep.address, "endpoint unhealthy");
             shared.health_changed.notify_one();

@@ -52,6 +52,9 @@ pub struct EndpointRt {
     pub next_check: AtomicU64,
     pub check_passes: AtomicU32,
     pub check_failures: AtomicU32,
+    /// Whether an active check has run yet: the first one decides alone (a new endpoint
+    /// that fails it is out at once rather than after `unhealthy_after` failures).
+    pub checked: AtomicBool,
     /// The health last exported as a metric (2: never).
     pub reported: std::sync::atomic::AtomicU8,
     /// Idle keep-alive connections of the HTTP/1.1 fast path, most recently used last.
@@ -90,6 +93,33 @@ fn idle_alive(stream: &TcpStream) -> bool {
 }
 
 impl EndpointRt {
+    /// Takes over what is known of the same address's health from the endpoint this one
+    /// replaces (its version's endpoint list changed): a reload neither forgives an endpoint
+    /// that is down nor tests again one that is up.
+    pub fn inherit_health(&self, old: &EndpointRt) {
+        for (new, old) in [
+            (&self.active_ok, &old.active_ok),
+            (&self.checked, &old.checked),
+        ] {
+            new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (new, old) in [
+            (&self.ejected_until, &old.ejected_until),
+            (&self.next_check, &old.next_check),
+        ] {
+            new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (new, old) in [
+            (&self.ejections, &old.ejections),
+            (&self.consecutive_5xx, &old.consecutive_5xx),
+            (&self.consecutive_connect, &old.consecutive_connect),
+            (&self.check_passes, &old.check_passes),
+            (&self.check_failures, &old.check_failures),
+        ] {
+            new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
     pub fn usable(&self, now: u64) -> bool {
         self.active_ok.load(Ordering::Relaxed) && self.ejected_until.load(Ordering::Relaxed) <= now
     }
@@ -257,6 +287,7 @@ impl VersionRt {
                     next_check: AtomicU64::new(0),
                     check_passes: AtomicU32::new(0),
                     check_failures: AtomicU32::new(0),
+                    checked: AtomicBool::new(false),
                     reported: std::sync::atomic::AtomicU8::new(2),
                     idle: Mutex::new(Vec::new()),
                     pooling: AtomicBool::new(true),

@@ -201,6 +201,15 @@ pub async fn start(opts: ProxyOptions) -> Result<Running, ProxyError> {
     } else {
         None
     };
+    let engine = Engine::new(
+        config.clone(),
+        &opts.state_dir,
+        Signer::new(&key),
+        Metrics::new(),
+        access_log,
+    )?;
+    let shared = engine.shared.clone();
+    crate::health::first_round(&shared).await;
     let mut bound = Vec::new();
     for l in &config.listeners {
         let listener = bind(l.address).map_err(|source| ProxyError::Listen {
@@ -224,14 +233,6 @@ pub async fn start(opts: ProxyOptions) -> Result<Running, ProxyError> {
             source,
         })?;
 
-    let engine = Engine::new(
-        config.clone(),
-        &opts.state_dir,
-        Signer::new(&key),
-        Metrics::new(),
-        access_log,
-    )?;
-    let shared = engine.shared.clone();
     // The first start writes the state the configuration implies.
     engine::persist(engine.state_path(), &engine.snapshot()?)?;
     let admin = Arc::new(Admin::new(

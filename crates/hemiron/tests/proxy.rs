@@ -382,6 +382,18 @@ fn no_request_sent_after_a_rollback_answer_reaches_the_old_version() {
     });
 }
 
+/// How many of `n` requests each upstream answered (by the name it answers with).
+fn served_by(proxy: &Proxy, n: usize) -> HashMap<String, usize> {
+    let http = reqwest::blocking::Client::new();
+    let mut m: HashMap<String, usize> = HashMap::new();
+    for _ in 0..n {
+        let body = http.get(proxy.url("/")).send().unwrap().text().unwrap();
+        *m.entry(body.split(' ').next().unwrap().to_string())
+            .or_default() += 1;
+    }
+    m
+}
+
 #[test]
 fn unhealthy_endpoints_and_versions_get_no_traffic() {
     let rt = runtime();
@@ -400,15 +412,7 @@ fn unhealthy_endpoints_and_versions_get_no_traffic() {
     );
     let url = proxy.url("/");
     let http = reqwest::blocking::Client::new();
-    let served_by = |n: usize| {
-        let mut m: HashMap<String, usize> = HashMap::new();
-        for _ in 0..n {
-            let body = http.get(&url).send().unwrap().text().unwrap();
-            *m.entry(body.split(' ').next().unwrap().to_string())
-                .or_default() += 1;
-        }
-        m
-    };
+    let served_by = |n: usize| served_by(&proxy, n);
     let both = served_by(20);
     assert_eq!(both.get("v1-a"), Some(&10), "{both:?}");
 
@@ -462,6 +466,48 @@ fn unhealthy_endpoints_and_versions_get_no_traffic() {
         let m = served_by(20);
         m.contains_key("v1-b").then_some(())
     });
+}
+
+#[test]
+fn an_endpoint_down_at_start_or_reload_gets_no_request() {
+    let rt = runtime();
+    let (a1, a2, a3) = (
+        upstream(&rt, "v1-a"),
+        upstream(&rt, "v1-b"),
+        upstream(&rt, "v1-c"),
+    );
+    a2.behaviour.unhealthy.store(true, Ordering::SeqCst);
+    let dir = tempdir();
+    // Checks every 30 s, and 3 failures to go out: only the first round, before the
+    // listeners open, can keep v1-b out of the first requests.
+    let health = "[apps.shop.analysis]\nenabled = false\n[apps.shop.health]\npath = \"/healthz\"\ninterval = \"30s\"\ntimeout = \"500ms\"\nunhealthy_after = 3\nhealthy_after = 1\n";
+    let mut proxy = Proxy::start(dir.path(), &config(&[("v1", &[&a1, &a2])], health));
+    let first = served_by(&proxy, 20);
+    assert_eq!(first.get("v1-a"), Some(&20), "{first:?}");
+    assert!(proxy.log().contains("first health checks done"));
+
+    // A reload that changes v1's endpoints keeps what is known of v1-b: out, not tried again.
+    let text = std::fs::read_to_string(&proxy.config).unwrap();
+    let grown = text.replace(
+        &format!("\"{}\"]", a2.address()),
+        &format!("\"{}\", \"{}\"]", a2.address(), a3.address()),
+    );
+    assert_ne!(grown, text);
+    std::fs::write(&proxy.config, &grown).unwrap();
+    proxy.admin_ok("POST", "/reload", None);
+    let after = served_by(&proxy, 30);
+    assert_eq!(after.get("v1-b"), None, "{after:?}");
+    assert!(
+        after.contains_key("v1-c"),
+        "the new endpoint takes traffic: {after:?}"
+    );
+
+    // A restart checks again before it listens.
+    proxy.stop();
+    proxy.launch();
+    let restarted = served_by(&proxy, 20);
+    assert_eq!(restarted.get("v1-b"), None, "{restarted:?}");
+    assert_eq!(a2.requests(), 0, "v1-b saw only health checks");
 }
 
 #[test]

@@ -348,8 +348,11 @@ fn twenty_a_a_runs_of_two_minutes_never_fail() {
     const RUNS: usize = 20;
     let rt = runtime();
     // The same build three times: the stable instance set, the baseline (a separate
-    // instance set of the stable build, given the canary's weight) and the "canary". Half
-    // the runs declare the baseline; the other half compare the canary with stable.
+    // instance set of the stable build, given the canary's weight) and the "canary", as an
+    // A/A run is defined. Not against stable: an instance set given a tenth of the traffic
+    // answers measurably slower than one given nine tenths (its connections go colder
+    // between requests; 5-10% at the median measured on loopback, up to 25% under CI's load),
+    // which is why the baseline exists.
     let (a, base, b) = (
         upstream(&rt, "build-1"),
         upstream(&rt, "build-1-baseline"),
@@ -358,8 +361,7 @@ fn twenty_a_a_runs_of_two_minutes_never_fail() {
     let mut text = "[proxy]\nworkers = 2\n[[listeners]]\naddress = \"{listen}\"\n".to_string();
     for i in 0..RUNS {
         text.push_str(&format!(
-            "[apps.app{i}]\nhosts = [\"app{i}.test\"]\nstable = \"v1\"\n{}[apps.app{i}.versions.v1]\nendpoints = [\"{}\"]\n[apps.app{i}.versions.base]\nendpoints = [\"{}\"]\n[apps.app{i}.versions.v2]\nendpoints = [\"{}\"]\n",
-            if i % 2 == 0 { "baseline = \"base\"\n" } else { "" },
+            "[apps.app{i}]\nhosts = [\"app{i}.test\"]\nstable = \"v1\"\nbaseline = \"base\"\n[apps.app{i}.versions.v1]\nendpoints = [\"{}\"]\n[apps.app{i}.versions.base]\nendpoints = [\"{}\"]\n[apps.app{i}.versions.v2]\nendpoints = [\"{}\"]\n",
             a.address(),
             base.address(),
             b.address()
@@ -399,8 +401,7 @@ fn twenty_a_a_runs_of_two_minutes_never_fail() {
     for i in 0..RUNS {
         let s = proxy.admin_ok("GET", &format!("/apps/app{i}"), None);
         assert!(s["rollout"].is_object(), "A/A run {i} was rolled back: {s}");
-        let against = if i % 2 == 0 { "base" } else { "v1" };
-        assert_eq!(s["rollout"]["baseline"]["version"], against, "{s}");
+        assert_eq!(s["rollout"]["baseline"]["version"], "base", "{s}");
         let fails =
             format!("hemiron_proxy_analysis_intervals_total{{app=\"app{i}\",verdict=\"fail\"}}");
         assert!(!metrics.contains(&fails), "A/A run {i} failed an interval");
