@@ -558,14 +558,15 @@ impl Engine {
             .entry(app.name.clone())
             .or_insert_with(|| AppState::new(app));
         let now = unix_ms();
+        let mut fresh_interval = false;
         match op {
             Op::Start { version, strategy } => {
                 state.start(app, &version, strategy, now)?;
-                self.new_interval(&app.name);
+                fresh_interval = true;
             }
             Op::Promote => {
                 state.promote(now)?;
-                self.new_interval(&app.name);
+                fresh_interval = true;
             }
             Op::Pause => state.pause(now)?,
             Op::Resume => state.resume(now)?,
@@ -579,6 +580,12 @@ impl Engine {
             }
         }
         self.publish(Some(arrived));
+        if fresh_interval {
+            // After the swap: the new interval holds only requests routed by the new table,
+            // and freeing the old windows (up to 20,000 samples each) is not on the switch's
+            // clock.
+            self.new_interval(&app.name);
+        }
         Ok(())
     }
 

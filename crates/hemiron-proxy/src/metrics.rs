@@ -73,7 +73,9 @@ fn latency_histogram() -> Histogram {
 
 fn switch_histogram() -> Histogram {
     // Fine around the 100 µs objective: 5 µs steps up to 100 µs, then coarser to 1 s.
-    let fine = (1..=20).map(|k| f64::from(k) * 0.000_005);
+    // (Whole microseconds divided, so the bounds print as 0.000015 rather than
+    // 0.000015000000000000002.)
+    let fine = (1..=20).map(|k| f64::from(k * 5) / 1_000_000.0);
     let coarse = [
         0.000_15, 0.000_2, 0.000_3, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 1.0,
     ];

@@ -1031,6 +1031,15 @@ fn failed_connects_are_retried_and_every_request_is_logged() {
         lines.iter().any(|l| l["attempts"] == 2),
         "a retried request says so"
     );
+    // Lines still queued when the proxy stops are written before it exits.
+    let mut proxy = proxy;
+    for _ in 0..5 {
+        reqwest::blocking::get(proxy.url("/last")).unwrap();
+    }
+    proxy.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 26, "{text}");
+    assert!(text.lines().last().unwrap().contains("\"/last\""), "{text}");
 }
 
 #[test]
