@@ -362,8 +362,25 @@ pub fn record(conn: &Conn, admitted: &Admitted, started: Instant, outcome: &Outc
 /// Writes the access-log line of a request the proxy answered itself, without an upstream:
 /// no app for its host and path, or a request it could not read (`error` says why; an empty
 /// method or host was not read).
-pub fn record_local(conn: &Conn, started: Instant, outcome: &Outcome<'_>) {
-    log_access(conn, started.elapsed(), outcome, None);
+pub fn record_local(
+    conn: &Conn,
+    started: Instant,
+    method: &str,
+    host: &str,
+    path: Option<&str>,
+    status: http::StatusCode,
+    message: &str,
+) {
+    let outcome = Outcome {
+        method,
+        host,
+        path,
+        status: status.as_u16(),
+        endpoint: None,
+        attempts: 0,
+        error: Some(message.trim_end()),
+    };
+    log_access(conn, started.elapsed(), &outcome, None);
 }
 
 /// One JSON access-log line; `served` is the version that served it and how it was chosen.
@@ -419,15 +436,11 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
             record_local(
                 &conn,
                 started,
-                &Outcome {
-                    method: req.method().as_str(),
-                    host: &host,
-                    path: req.uri().path_and_query().map(|p| p.as_str()),
-                    status: refused.status().as_u16(),
-                    endpoint: None,
-                    attempts: 0,
-                    error: Some(refused.message().trim_end()),
-                },
+                req.method().as_str(),
+                &host,
+                req.uri().path_and_query().map(|p| p.as_str()),
+                refused.status(),
+                refused.message(),
             );
             return Ok(local(refused.status(), refused.message()));
         }

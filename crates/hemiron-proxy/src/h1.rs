@@ -991,19 +991,7 @@ where
                 return serve_hyper(Prefixed { prefix, inner: io }, cx).await;
             }
             ParsedRequest::Bad(status, message) => {
-                dataplane::record_local(
-                    &cx.conn,
-                    started,
-                    &dataplane::Outcome {
-                        method: "",
-                        host: "",
-                        path: None,
-                        status: status.as_u16(),
-                        endpoint: None,
-                        attempts: 0,
-                        error: Some(message.trim_end()),
-                    },
-                );
+                dataplane::record_local(&cx.conn, started, "", "", None, status, message);
                 local_response(&mut out, status, message, true);
                 let _ = io.write_all(&out).await;
                 return;
@@ -1026,15 +1014,11 @@ where
                 dataplane::record_local(
                     &cx.conn,
                     started,
-                    &dataplane::Outcome {
-                        method: method.as_str(),
-                        host: &host,
-                        path: Some(&target),
-                        status: refused.status().as_u16(),
-                        endpoint: None,
-                        attempts: 0,
-                        error: Some(refused.message().trim_end()),
-                    },
+                    method.as_str(),
+                    &host,
+                    Some(&target),
+                    refused.status(),
+                    refused.message(),
                 );
                 // The body is not read: the connection closes after the answer if it had one.
                 let close = close || body != Framing::Empty || *cx.stop.borrow();

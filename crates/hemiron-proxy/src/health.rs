@@ -29,30 +29,14 @@ fn check_client() -> CheckClient {
 /// Checks every endpoint once and waits for the answers (each within its check's timeout):
 /// run before the listeners open, so that a starting proxy — a restart or the second half
 /// of a handover included — sends nothing to an endpoint that is down, as a proxy that had
-/// been running would not have.
+/// been running would not have. (A new endpoint's first check is due at once.)
 pub async fn first_round(shared: &Arc<Shared>) {
-    let client = check_client();
-    let routes = shared.routes.load_full();
-    let now = now_ms(shared.epoch);
-    let mut checks = tokio::task::JoinSet::new();
-    for app in &routes.apps {
-        for rt in &app.versions {
-            let Some(check) = &rt.health else { continue };
-            let interval = u64::try_from(check.interval.as_millis()).unwrap_or(1000);
-            for ep in &rt.endpoints {
-                ep.next_check.store(now + interval, Ordering::Relaxed);
-                checks.spawn(check_one(
-                    shared.clone(),
-                    client.clone(),
-                    rt.clone(),
-                    ep.clone(),
-                ));
-            }
-        }
-    }
     let started = std::time::Instant::now();
+    let checks = start_due(shared, &check_client());
     let total = checks.len();
-    while checks.join_next().await.is_some() {}
+    for check in checks {
+        let _ = check.await;
+    }
     if total > 0 {
         tracing::info!(checks = total, elapsed_ms = %started.elapsed().as_millis(), "first health checks done");
     }
@@ -67,32 +51,41 @@ pub async fn run(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         ticks += 1;
-        let routes = shared.routes.load_full();
-        let now = now_ms(shared.epoch);
-        for app in &routes.apps {
-            for rt in &app.versions {
-                if ticks % 10 == 0 {
-                    // Once a second: idle upstream connections that timed out or were
-                    // closed by the upstream are let go.
-                    rt.sweep_idle(now);
-                }
-                let Some(check) = &rt.health else { continue };
-                for ep in &rt.endpoints {
-                    if ep.next_check.load(Ordering::Relaxed) > now {
-                        continue;
-                    }
-                    let interval = u64::try_from(check.interval.as_millis()).unwrap_or(1000);
-                    ep.next_check.store(now + interval, Ordering::Relaxed);
-                    tokio::spawn(check_one(
-                        shared.clone(),
-                        client.clone(),
-                        rt.clone(),
-                        ep.clone(),
-                    ));
-                }
+        if ticks % 10 == 0 {
+            // Once a second: idle upstream connections that timed out or were closed by
+            // the upstream are let go.
+            let now = now_ms(shared.epoch);
+            for rt in shared.routes.load().apps.iter().flat_map(|a| &a.versions) {
+                rt.sweep_idle(now);
             }
         }
+        // Each runs on its own; nothing waits for them here.
+        drop(start_due(&shared, &client));
     }
+}
+
+/// Starts the checks that are due, each scheduling its endpoint's next.
+fn start_due(shared: &Arc<Shared>, client: &CheckClient) -> Vec<tokio::task::JoinHandle<()>> {
+    let routes = shared.routes.load_full();
+    let now = now_ms(shared.epoch);
+    let mut started = Vec::new();
+    for rt in routes.apps.iter().flat_map(|a| &a.versions) {
+        let Some(check) = &rt.health else { continue };
+        let interval = u64::try_from(check.interval.as_millis()).unwrap_or(1000);
+        for ep in &rt.endpoints {
+            if ep.next_check.load(Ordering::Relaxed) > now {
+                continue;
+            }
+            ep.next_check.store(now + interval, Ordering::Relaxed);
+            started.push(tokio::spawn(check_one(
+                shared.clone(),
+                client.clone(),
+                rt.clone(),
+                ep.clone(),
+            )));
+        }
+    }
+    started
 }
 
 async fn check_one(

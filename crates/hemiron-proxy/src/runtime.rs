@@ -97,27 +97,22 @@ impl EndpointRt {
     /// replaces (its version's endpoint list changed): a reload neither forgives an endpoint
     /// that is down nor tests again one that is up.
     pub fn inherit_health(&self, old: &EndpointRt) {
-        for (new, old) in [
-            (&self.active_ok, &old.active_ok),
-            (&self.checked, &old.checked),
-        ] {
-            new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+        macro_rules! copy {
+            ($($field:ident),*) => {
+                $(self.$field.store(old.$field.load(Ordering::Relaxed), Ordering::Relaxed);)*
+            };
         }
-        for (new, old) in [
-            (&self.ejected_until, &old.ejected_until),
-            (&self.next_check, &old.next_check),
-        ] {
-            new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-        for (new, old) in [
-            (&self.ejections, &old.ejections),
-            (&self.consecutive_5xx, &old.consecutive_5xx),
-            (&self.consecutive_connect, &old.consecutive_connect),
-            (&self.check_passes, &old.check_passes),
-            (&self.check_failures, &old.check_failures),
-        ] {
-            new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
+        copy!(
+            active_ok,
+            checked,
+            ejected_until,
+            next_check,
+            ejections,
+            consecutive_5xx,
+            consecutive_connect,
+            check_passes,
+            check_failures
+        );
     }
 
     pub fn usable(&self, now: u64) -> bool {

@@ -89,6 +89,15 @@ fn session_cookie(resp: &reqwest::blocking::Response) -> Option<String> {
     cookie_pair(resp, "hemiron-session-shop")
 }
 
+/// A GET sending `cookie`.
+fn with_cookie(
+    http: &reqwest::blocking::Client,
+    url: impl reqwest::IntoUrl,
+    cookie: &str,
+) -> reqwest::blocking::Response {
+    http.get(url).header("cookie", cookie).send().unwrap()
+}
+
 /// Sends `n` cookie-less GETs, 20 at a time, and counts the versions that answered.
 fn count_versions(rt: &tokio::runtime::Runtime, url: &str, n: usize) -> HashMap<String, usize> {
     rt.block_on(async {
@@ -166,7 +175,7 @@ fn weights_stickiness_and_overrides() {
     proxy.admin_ok("POST", "/apps/shop/promote", None); // 50%
     for (version, cookie) in &sessions {
         for _ in 0..5 {
-            let r = http.get(&url).header("cookie", cookie).send().unwrap();
+            let r = with_cookie(&http, &url, cookie);
             assert_eq!(&version_of(&r), version, "a session stays on its version");
             assert!(
                 session_cookie(&r).is_none(),
@@ -180,7 +189,7 @@ fn weights_stickiness_and_overrides() {
         .replace(".v1.", ".v2.")
         .replace(".v2.", ".v1.");
     let forged = format!("{forged}x");
-    let r = http.get(&url).header("cookie", &forged).send().unwrap();
+    let r = with_cookie(&http, &url, &forged);
     assert!(session_cookie(&r).is_some());
     // Override beats the session; the override cookie works too.
     let (v, cookie) = sessions.iter().find(|(v, _)| v == "v1").unwrap();
@@ -202,7 +211,7 @@ fn weights_stickiness_and_overrides() {
     // Rollback: sessions pinned to the canary move to stable.
     proxy.admin_ok("POST", "/apps/shop/rollback", None);
     for (_, cookie) in sessions.iter().filter(|(v, _)| v == "v2") {
-        let r = http.get(&url).header("cookie", cookie).send().unwrap();
+        let r = with_cookie(&http, &url, cookie);
         assert_eq!(version_of(&r), "v1");
         assert!(
             session_cookie(&r).unwrap().contains(".v1."),
@@ -282,31 +291,19 @@ fn apps_sharing_a_host_keep_their_own_sessions() {
     };
     let both = format!("{shop_cookie}; {api_cookie}");
     for _ in 0..10 {
-        let r = http
-            .get(proxy.url("/"))
-            .header("cookie", &both)
-            .send()
-            .unwrap();
+        let r = with_cookie(&http, proxy.url("/"), &both);
         assert_eq!(version_of(&r), "v1");
         assert!(
             r.headers().get("set-cookie").is_none(),
             "the shop pin holds"
         );
-        let r = http
-            .get(proxy.url("/api/x"))
-            .header("cookie", &both)
-            .send()
-            .unwrap();
+        let r = with_cookie(&http, proxy.url("/api/x"), &both);
         assert_eq!(version_of(&r), "v2");
         assert!(r.headers().get("set-cookie").is_none(), "the api pin holds");
     }
     // One app's pin cannot be carried over to another: the MAC binds it to its app.
     let carried = shop_cookie.replacen("hemiron-session-shop=", "hemiron-session-api=", 1);
-    let r = http
-        .get(proxy.url("/api/x"))
-        .header("cookie", &carried)
-        .send()
-        .unwrap();
+    let r = with_cookie(&http, proxy.url("/api/x"), &carried);
     assert!(
         cookie_pair(&r, "hemiron-session-api").is_some(),
         "the carried cookie is ignored: a new api session"
@@ -628,11 +625,7 @@ fn reloads_keep_rollouts_and_state_survives_restarts() {
         assert_eq!(after[key], before[key], "{key}");
     }
     proxy.admin_ok("POST", "/apps/shop/resume", None);
-    let r = http
-        .get(proxy.url("/"))
-        .header("cookie", &pinned)
-        .send()
-        .unwrap();
+    let r = with_cookie(&http, proxy.url("/"), &pinned);
     assert_eq!(version_of(&r), "v2", "the session key survives the restart");
 
     // A changed file (an endpoint added to v1) is picked up; the rollout goes on.
@@ -695,11 +688,7 @@ fn reloads_keep_rollouts_and_state_survives_restarts() {
             .contains("removed from the configuration"),
         "{s}"
     );
-    let r = http
-        .get(proxy.url("/"))
-        .header("cookie", &pinned)
-        .send()
-        .unwrap();
+    let r = with_cookie(&http, proxy.url("/"), &pinned);
     assert_eq!(version_of(&r), "v1");
     let mut child = pid;
     common::proxy::terminate(&mut child.0);
