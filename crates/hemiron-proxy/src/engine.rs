@@ -418,7 +418,7 @@ impl Engine {
                 None => self
                     .apps_shared
                     .entry(app.name.clone())
-                    .or_default()
+                    .or_insert_with(|| Arc::new(AppShared::new(&app.name)))
                     .clone(),
             };
             let keys = match self.route_keys.get(&app.name) {

@@ -485,10 +485,18 @@ fn num_gcd(a: u32, b: u32) -> u32 {
 }
 
 /// State an app keeps across table swaps.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AppShared {
     /// Numbers new sessions for the weighted choice (see `routing`).
     pub tickets: AtomicU64,
+}
+
+impl AppShared {
+    pub fn new(app: &str) -> AppShared {
+        AppShared {
+            tickets: AtomicU64::new(crate::routing::first_ticket(app)),
+        }
+    }
 }
 
 /// What requests are matched to an app by.
