@@ -669,26 +669,19 @@ impl VmManager {
         let Some(side) = p.side.as_mut() else {
             return Err(mig("the VM has no QEMU to migrate"));
         };
-        self.transfer(conf, req, host, prepared, disks, side, &mut lost_rx, log)
-            .await?;
-        // Hand the forwarded ports over: the target starts trying to bind them (on one host
-        // they are the source's until it lets go), then the source lets go, so that a port
-        // refuses connections for a moment only.
-        let has_net0 = super::user_net0(&conf.main.props);
-        if let Some(fw) = has_net0.then(|| self.forwards.get(vmid)).flatten() {
-            p.peer
-                .call_json(&format!("{}/forwards", p.base), &json!({}), CALL_TIMEOUT)
-                .await
-                .map_err(|e| mig(format!("target could not take the port forwards: {e}")))?;
-            if let Some(side) = p.side.as_mut() {
-                for host_port in fw.values() {
-                    side.owner
-                        .hmp(&format!("hostfwd_remove net0 tcp:127.0.0.1:{host_port}"))
-                        .await?;
-                }
-                side.forwards_removed = Some(fw);
-            }
-        }
+        let target = (vmid, &*p.peer, p.base.as_str());
+        self.transfer(
+            conf,
+            req,
+            host,
+            prepared,
+            disks,
+            side,
+            target,
+            &mut lost_rx,
+            log,
+        )
+        .await?;
         self.commit(&p.peer, &p.base, json!({ "resume": true }), log)
             .await
     }
@@ -714,8 +707,36 @@ impl VmManager {
         false
     }
 
+    /// Hands the forwarded ports to the target (`vmid`, `peer`, migration `base` path): the
+    /// target starts trying to bind them (on one host they are the source's until it lets
+    /// go), then the source lets go, so that a port refuses connections for a moment only.
+    async fn hand_over_forwards(
+        &self,
+        conf: &VmConfig,
+        (vmid, peer, base): (u32, &Peer, &str),
+        side: &mut SourceSide,
+    ) -> Result<(), VmError> {
+        let has_net0 = super::user_net0(&conf.main.props);
+        let Some(fw) = has_net0.then(|| self.forwards.get(vmid)).flatten() else {
+            return Ok(());
+        };
+        peer.call_json(&format!("{base}/forwards"), &json!({}), CALL_TIMEOUT)
+            .await
+            .map_err(|e| mig(format!("target could not take the port forwards: {e}")))?;
+        for host_port in fw.values() {
+            side.owner
+                .hmp(&format!("hostfwd_remove net0 tcp:127.0.0.1:{host_port}"))
+                .await?;
+        }
+        side.forwards_removed = Some(fw);
+        Ok(())
+    }
+
     /// Mirrors local disks, then migrates RAM and device state; the source's guest is
-    /// paused at the end (QEMU's `postmigrate`).
+    /// paused at the end (QEMU's `postmigrate`), and its forwarded ports go to the target
+    /// at once, before the figures are read and the mirrors finish: a client's connection
+    /// made to the paused source dies with it, one made to the target waits for the guest
+    /// to run there.
     #[allow(clippy::too_many_arguments)]
     async fn transfer(
         &self,
@@ -725,6 +746,7 @@ impl VmManager {
         prepared: &Prepared,
         disks: &[NewDisk],
         side: &mut SourceSide,
+        target: (u32, &Peer, &str),
         lost: &mut tokio::sync::watch::Receiver<Option<String>>,
         log: &TaskContext,
     ) -> Result<(), VmError> {
@@ -885,6 +907,7 @@ impl VmManager {
                     .unwrap_or_default()
             )));
         }
+        self.hand_over_forwards(conf, target, side).await?;
         // The first `completed` answer may come before QEMU filled in the figures.
         let mut info = owner.raw("query-migrate", None).await?;
         for _ in 0..20 {
