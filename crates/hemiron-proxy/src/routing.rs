@@ -65,8 +65,9 @@ pub fn first_ticket(app: &str) -> u64 {
     mix(fnv) >> 24
 }
 
-/// SplitMix64's finalizer: every input bit reaches every output bit.
-fn mix(mut z: u64) -> u64 {
+/// SplitMix64's finalizer: every input bit reaches every output bit (also the analysis
+/// window's sampling without an RNG).
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

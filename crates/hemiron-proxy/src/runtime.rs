@@ -162,14 +162,6 @@ impl EndpointRt {
 /// Latency samples kept per version and interval (a uniform sample beyond this).
 pub const SAMPLE_CAP: usize = 20_000;
 
-/// A well-mixed 64-bit hash (SplitMix64's finalizer), for sampling without an RNG.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Requests measured in the current analysis interval.
 #[derive(Debug, Default)]
 pub struct Window {
@@ -383,7 +375,7 @@ impl VersionRt {
             } else {
                 // Reservoir sampling (Vitter's algorithm R): every request of the interval
                 // has the same chance to be in the sample, and memory stays bounded.
-                let slot = splitmix64(w.requests) % w.requests;
+                let slot = crate::routing::mix(w.requests) % w.requests;
                 if let Some(s) = usize::try_from(slot)
                     .ok()
                     .and_then(|i| w.latencies.get_mut(i))

@@ -409,8 +409,7 @@ fn unhealthy_endpoints_and_versions_get_no_traffic() {
     );
     let url = proxy.url("/");
     let http = reqwest::blocking::Client::new();
-    let served_by = |n: usize| served_by(&proxy, n);
-    let both = served_by(20);
+    let both = served_by(&proxy, 20);
     assert_eq!(both.get("v1-a"), Some(&10), "{both:?}");
 
     // Active checks take v1-b out.
@@ -424,7 +423,7 @@ fn unhealthy_endpoints_and_versions_get_no_traffic() {
             .then_some(())
         },
     );
-    let only_a = served_by(20);
+    let only_a = served_by(&proxy, 20);
     assert_eq!(only_a.get("v1-a"), Some(&20), "{only_a:?}");
 
     // A canary at 10%, then v1-a starts failing every request: 3 consecutive 5xx eject it,
@@ -454,13 +453,13 @@ fn unhealthy_endpoints_and_versions_get_no_traffic() {
             (status["versions"][0]["healthy"] == json!(false)).then_some(())
         },
     );
-    let all = served_by(50);
+    let all = served_by(&proxy, 50);
     assert_eq!(all.get("v2"), Some(&50), "{all:?}");
 
     // Recovery: v1-b passes its checks again and takes v1's share back.
     a2.behaviour.unhealthy.store(false, Ordering::SeqCst);
     wait_for("v1-b back", Duration::from_secs(10), || {
-        let m = served_by(20);
+        let m = served_by(&proxy, 20);
         m.contains_key("v1-b").then_some(())
     });
 }
