@@ -215,9 +215,10 @@ pub fn status_text(v: &Value) -> String {
             l["baseline_median_ms"].as_f64().unwrap_or(0.0),
             l["errors_p"].as_f64().unwrap_or(1.0),
             l["latency_p"].as_f64().unwrap_or(1.0),
-            l["alpha"],
-            l["error_points_threshold"],
-            l["latency_shift_threshold_percent"],
+            // As numbers: a JSON value prints 1 as "1.0".
+            l["alpha"].as_f64().unwrap_or(0.0),
+            l["error_points_threshold"].as_f64().unwrap_or(0.0),
+            l["latency_shift_threshold_percent"].as_f64().unwrap_or(0.0),
         ));
     }
     if let Some(events) = v["events"].as_array() {

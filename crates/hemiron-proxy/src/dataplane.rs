@@ -3,6 +3,7 @@
 //! measures it. Built on hyper 1.x + hyper-util (see the README for why not Pingora).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -17,7 +18,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::retry::budget::Budget;
 
 use crate::engine::Shared;
@@ -29,7 +30,14 @@ pub(crate) const BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// The response body: an upstream's, streamed, or one the proxy made.
 pub enum ProxyBody {
-    Upstream { inner: Incoming, guard: Inflight },
+    Upstream {
+        inner: Incoming,
+        guard: Inflight,
+        /// Set once the body has waited on the upstream: what wakes it when the version's
+        /// drain times out, so that a stalled body is cancelled then and not when (if ever)
+        /// the upstream sends more.
+        drain: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    },
     Local(Full<Bytes>),
 }
 
@@ -42,14 +50,30 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { inner, guard } => {
-                if guard.token.is_cancelled() {
+            ProxyBody::Upstream {
+                inner,
+                guard,
+                drain,
+            } => {
+                let cancelled = |guard: &mut Inflight| {
                     guard.cancelled();
-                    return Poll::Ready(Some(Err(
-                        "cancelled: the version's drain timed out".into()
-                    )));
+                    Poll::Ready(Some(Err("cancelled: the version's drain timed out".into())))
+                };
+                if guard.token.is_cancelled() {
+                    return cancelled(guard);
                 }
-                Pin::new(inner).poll_frame(cx).map_err(Into::into)
+                match Pin::new(inner).poll_frame(cx) {
+                    Poll::Pending => {
+                        let wait = drain.get_or_insert_with(|| {
+                            Box::pin(CancellationToken::clone(&guard.token).cancelled_owned())
+                        });
+                        if wait.as_mut().poll(cx).is_ready() {
+                            return cancelled(guard);
+                        }
+                        Poll::Pending
+                    }
+                    ready => ready.map_err(Into::into),
+                }
             }
             ProxyBody::Local(full) => Pin::new(full).poll_frame(cx).map_err(|e| match e {}),
         }
@@ -468,7 +492,14 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
     let mut response = match resp.response.take() {
         Some(r) => {
             let (parts, body) = r.into_parts();
-            Response::from_parts(parts, ProxyBody::Upstream { inner: body, guard })
+            Response::from_parts(
+                parts,
+                ProxyBody::Upstream {
+                    inner: body,
+                    guard,
+                    drain: None,
+                },
+            )
         }
         None => {
             drop(guard);

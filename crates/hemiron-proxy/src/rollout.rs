@@ -380,11 +380,12 @@ impl AppState {
         }
     }
 
-    /// Applies a new configuration: a rollout survives unless one of its versions is gone.
-    /// Returns what was taken out of service, if anything.
+    /// Applies a new configuration: a rollout survives unless one of its versions (the
+    /// stable one among them) is gone. Returns what was taken out of service, if anything.
     pub fn reconcile(&mut self, app: &App, now_ms: u64) -> Option<String> {
         let mut out = None;
-        if app.version(&self.stable).is_none() {
+        let stable_gone = app.version(&self.stable).is_none();
+        if stable_gone {
             let gone = std::mem::replace(&mut self.stable, app.stable.clone());
             let stable = self.stable.clone();
             self.log(
@@ -400,6 +401,9 @@ impl AppState {
                 .find(|v| app.version(v).is_none())
                 .cloned();
             let stable_is_canary = r.version == self.stable;
+            // A rollout compares its canary with the stable version it started from (and
+            // hands back to it on abort): with that version gone, it ends on the new stable.
+            let missing = missing.or_else(|| out.clone().filter(|_| stable_gone));
             if let Some(v) = missing {
                 let why = format!("version {v} removed from the configuration");
                 if let Ok(taken) = self.abort(now_ms, &why) {
@@ -554,19 +558,18 @@ mod tests {
         assert_eq!(s.last_outcome.as_deref(), Some("promoted"));
     }
 
+    /// A state with a canary of v2 on `steps` started at time 0.
+    fn canary_of_v2(a: &App, steps: &str) -> AppState {
+        let mut s = AppState::new(a);
+        let steps = parse_steps(steps).unwrap();
+        s.start(a, "v2", Strategy::Canary { steps }, 0).unwrap();
+        s
+    }
+
     #[test]
     fn a_reload_keeps_a_rollout_unless_it_removes_a_version() {
         let a = app(false);
-        let mut s = AppState::new(&a);
-        s.start(
-            &a,
-            "v2",
-            Strategy::Canary {
-                steps: parse_steps("10").unwrap(),
-            },
-            0,
-        )
-        .unwrap();
+        let mut s = canary_of_v2(&a, "10");
         let before = s.clone();
         assert_eq!(s.reconcile(&a, 1), None);
         assert_eq!(s, before);
@@ -575,5 +578,28 @@ mod tests {
         assert_eq!(s.reconcile(&smaller, 2), Some("v2".into()));
         assert!(s.rollout.is_none());
         assert_eq!(s.weights(), vec![("v1".into(), 10000)]);
+    }
+
+    #[test]
+    fn a_reload_that_removes_the_stable_version_ends_the_rollout_on_the_new_one() {
+        let a = app(false);
+        let mut s = canary_of_v2(&a, "10,50");
+        let mut moved = a.clone();
+        moved.versions.retain(|v| v.id != "v1");
+        moved.stable = "base".into();
+        assert_eq!(s.reconcile(&moved, 1), Some("v1".into()));
+        assert!(
+            s.rollout.is_none(),
+            "the canary must not go on against a new stable"
+        );
+        assert_eq!(s.stable, "base");
+        assert_eq!(s.weights(), vec![("base".into(), 10000)]);
+        assert!(
+            s.last_outcome
+                .as_deref()
+                .is_some_and(|o| o.contains("aborted") && o.contains("v1 removed")),
+            "{:?}",
+            s.last_outcome
+        );
     }
 }

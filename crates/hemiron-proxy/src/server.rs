@@ -46,8 +46,8 @@ pub enum ProxyError {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Certificates(Vec<crate::tls::TlsError>),
     #[error("cannot start the access log's writer: {0}")]
     AccessLogWriter(std::io::Error),
     #[error("cannot open the access log {path}: {source}")]
@@ -254,7 +254,9 @@ pub async fn start(opts: ProxyOptions) -> Result<Running, ProxyError> {
         None => (None, None),
     };
     let resolver = if config.listeners.iter().any(|l| l.tls) {
-        Some(Arc::new(crate::tls::Resolver::new(&config.certificates)?))
+        Some(Arc::new(
+            crate::tls::Resolver::new(&config.certificates).map_err(ProxyError::Certificates)?,
+        ))
     } else {
         None
     };

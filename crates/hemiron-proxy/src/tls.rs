@@ -94,10 +94,9 @@ fn stamp(c: &Certificate) -> Option<SystemTime> {
 }
 
 impl Resolver {
-    /// A resolver serving `specs`; fails on the first that cannot be loaded.
-    pub fn new(specs: &[Certificate]) -> Result<Resolver, TlsError> {
-        let files = Files::of(specs);
-        let loaded = specs.iter().map(load).collect::<Result<Vec<_>, _>>()?;
+    /// A resolver serving `specs`; fails with every one that cannot be loaded.
+    pub fn new(specs: &[Certificate]) -> Result<Resolver, Vec<TlsError>> {
+        let Prepared { files, loaded } = Resolver::prepare(specs)?;
         Ok(Resolver {
             certs: ArcSwap::from_pointee(loaded),
             files: std::sync::Mutex::new(files),
@@ -207,4 +206,32 @@ pub fn server_config(resolver: Arc<Resolver>) -> Arc<rustls::ServerConfig> {
     });
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_certificate_that_cannot_be_loaded_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.pem"), "not a certificate").unwrap();
+        let specs = [
+            Certificate {
+                cert: dir.path().join("missing.pem"),
+                key: dir.path().join("missing.key"),
+                hosts: vec!["a.example".into()],
+            },
+            Certificate {
+                cert: dir.path().join("bad.pem"),
+                key: dir.path().join("bad.pem"),
+                hosts: vec!["b.example".into()],
+            },
+        ];
+        let errors = Resolver::new(&specs).err().unwrap();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(text[0].contains("missing.pem"), "{text:?}");
+        assert!(text[1].contains("bad.pem"), "{text:?}");
+    }
 }

@@ -1090,8 +1090,21 @@ fn an_endpoint_refusing_connections_is_ejected() {
 
 /// An upstream that reads each request's head and closes the connection without answering:
 /// it may have acted on the request. Counts (GETs, POSTs) received.
-fn closing_upstream(rt: &tokio::runtime::Runtime) -> (String, Arc<(AtomicU64, AtomicU64)>) {
+/// Reads a request head (and whatever came with it); `None` if the connection ends first.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
+fn closing_upstream(rt: &tokio::runtime::Runtime) -> (String, Arc<(AtomicU64, AtomicU64)>) {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -1105,14 +1118,9 @@ fn closing_upstream(rt: &tokio::runtime::Runtime) -> (String, Arc<(AtomicU64, At
             };
             let counts = counts.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
-                        _ => return,
-                    }
-                }
+                let Some(head) = read_head(&mut stream).await else {
+                    return;
+                };
                 if head.starts_with(b"POST") {
                     counts.1.fetch_add(1, Ordering::SeqCst);
                 } else {
@@ -1122,6 +1130,17 @@ fn closing_upstream(rt: &tokio::runtime::Runtime) -> (String, Arc<(AtomicU64, At
         }
     });
     (addr, seen)
+}
+
+/// `hemiron_proxy_retries_total` of the shop's v1.
+fn shop_v1_retries(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("hemiron_proxy_retries_total{app=\"shop\",version=\"v1\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -1161,13 +1180,7 @@ fn only_idempotent_requests_are_retried_and_within_the_budget() {
         }
     }
     let metrics = proxy.metrics();
-    let retries: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("hemiron_proxy_retries_total{app=\"shop\",version=\"v1\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retries = shop_v1_retries(&metrics);
     let bad_gets = seen.0.load(Ordering::SeqCst);
     eprintln!(
         "GETs: {gets_ok} ok, {gets_failed} failed, {bad_gets} reached the closing endpoint, {retries} retried; POSTs: {posts_ok} ok, {posts_failed} failed"
@@ -1183,6 +1196,43 @@ fn only_idempotent_requests_are_retried_and_within_the_budget() {
     assert_eq!(good.posts(), posts_ok);
     assert_eq!(posts_ok + posts_failed, 20);
     assert!(posts_failed > 0);
+    drop(proxy);
+
+    // The other half of the budget: 3 retries per second for free, none earned by requests.
+    // Over the budget's 10 s window that is a reserve of 30, whatever the traffic.
+    let dir = tempdir();
+    let text = format!(
+        "[proxy]\nworkers = 1\nretry_per_second = 3\nretry_ratio = 0\n[[listeners]]\naddress = \"{{listen}}\"\n[apps.shop]\nstable = \"v1\"\n[apps.shop.analysis]\nenabled = false\n[apps.shop.outlier]\nconsecutive_5xx = 1000\nconsecutive_connect_failures = 1000\n[apps.shop.versions.v1]\nendpoints = [\"{bad}\", \"{}\"]\n",
+        good.address()
+    );
+    let proxy = Proxy::start(dir.path(), &text);
+    let before = seen.0.load(Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let mut failed = 0u64;
+    for _ in 0..200 {
+        match http.get(proxy.url("/")).send().unwrap().status().as_u16() {
+            200 => {}
+            502 => failed += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs();
+    let metrics = proxy.metrics();
+    let retries = shop_v1_retries(&metrics);
+    let bad_gets = seen.0.load(Ordering::SeqCst) - before;
+    eprintln!("3/s budget: {bad_gets} GETs reached the closing endpoint, {retries} retried, {failed} failed in {elapsed} s");
+    assert_eq!(bad_gets, retries + failed, "{metrics}");
+    assert!(
+        bad_gets > 60,
+        "the closing endpoint takes its share ({bad_gets})"
+    );
+    // The whole reserve is used, and no more than the reserve plus what the seconds past
+    // the window added.
+    assert!(retries >= 30, "the reserve allows 30 retries ({retries})");
+    assert!(
+        retries <= 30 + 3 * elapsed.saturating_sub(9),
+        "{retries} retries in {elapsed} s"
+    );
 }
 
 #[test]
@@ -1597,4 +1647,93 @@ fn slow_answers_time_out_and_a_drain_cancels_what_it_waits_for() {
         .metrics()
         .contains("hemiron_proxy_drain_cancelled_requests_total{app=\"shop\",version=\"v1\"} 1"));
     assert_eq!(http.get(proxy.url("/after")).send().unwrap().status(), 200);
+}
+
+/// An upstream that sends a response head and the first bytes of its body, then nothing more
+/// while the connection stays open.
+fn stalling_upstream(rt: &tokio::runtime::Runtime) -> String {
+    use tokio::io::AsyncWriteExt;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    rt.spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut stream).await.is_none() {
+                    return;
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst part")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// On the hyper path (here HTTP/2), a response body that stalls on a draining version is
+/// cancelled at the drain timeout (the stream reset) and counted, not left open until the
+/// upstream sends more.
+#[test]
+fn a_drain_cancels_a_stalled_body_on_http2() {
+    let rt = runtime();
+    let stalled = stalling_upstream(&rt);
+    let b = upstream(&rt, "v2");
+    let dir = tempdir();
+    let text = format!(
+        "[proxy]\nworkers = 2\ndrain_timeout = \"300ms\"\n[[listeners]]\naddress = \"{{listen}}\"\n[apps.shop]\nstable = \"v1\"\n[apps.shop.analysis]\nenabled = false\n[apps.shop.versions.v1]\nendpoints = [\"{stalled}\"]\n[apps.shop.versions.v2]\nendpoints = [\"{}\"]\n",
+        b.address()
+    );
+    let proxy = Proxy::start(dir.path(), &text);
+    let url = proxy.url("/stream");
+    let (got_head, head_seen) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let h2c = reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .build()
+                .unwrap();
+            let mut r = h2c.get(url).send().await.unwrap();
+            assert_eq!(r.version(), reqwest::Version::HTTP_2);
+            assert_eq!(r.status(), 200);
+            let first = r.chunk().await.unwrap().unwrap();
+            assert_eq!(&first[..], b"first part");
+            got_head.send(()).unwrap();
+            let t = Instant::now();
+            let rest = tokio::time::timeout(Duration::from_secs(5), r.chunk()).await;
+            (rest.map(|c| c.is_err()), t.elapsed())
+        })
+    });
+    head_seen.recv_timeout(Duration::from_secs(10)).unwrap();
+    proxy.admin_ok(
+        "POST",
+        "/apps/shop/rollout",
+        Some(json!({"version": "v2", "blue_green": true})),
+    );
+    let (ended, took) = client.join().unwrap();
+    assert_eq!(
+        ended,
+        Ok(true),
+        "the stalled body ends in an error, not in more data or a wait (after {took:?})"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "cancelled at the drain timeout: {took:?}"
+    );
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains(
+            "hemiron_proxy_drain_cancelled_requests_total{app=\"shop\",version=\"v1\"} 1"
+        ),
+        "{metrics}"
+    );
+    let http = reqwest::blocking::Client::new();
+    let r = http.get(proxy.url("/after")).send().unwrap();
+    assert_eq!(r.headers()["x-upstream"], "v2");
 }

@@ -190,7 +190,7 @@ fn rollbacks_and_promotions_under_load_lose_nothing() {
 fn rolled_back_within(
     b_setup: impl FnOnce(&Upstream),
     limit: Duration,
-) -> (Duration, Value, String) {
+) -> (Duration, Value, String, String) {
     let rt = runtime();
     let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
     b_setup(&b);
@@ -223,12 +223,20 @@ fn rolled_back_within(
     load.abort();
     let status = proxy.admin_ok("GET", "/apps/shop", None);
     let elapsed = elapsed.unwrap_or_else(|| panic!("not rolled back: {status}"));
-    (elapsed, status, proxy.metrics())
+    // What an operator sees: `hemiron rollout status`.
+    let cli = std::process::Command::new(common::hemiron())
+        .args(["rollout", "status", "shop", "--token", &proxy.token])
+        .args(["--admin", &format!("http://{}", proxy.admin)])
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{cli:?}");
+    let cli = String::from_utf8_lossy(&cli.stdout).to_string();
+    (elapsed, status, proxy.metrics(), cli)
 }
 
 #[test]
 fn a_canary_with_five_percent_errors_is_rolled_back_within_15_s() {
-    let (elapsed, status, metrics) = rolled_back_within(
+    let (elapsed, status, metrics, cli) = rolled_back_within(
         |b| b.behaviour.fail_every.store(20, Ordering::SeqCst),
         Duration::from_secs(15),
     );
@@ -253,6 +261,22 @@ fn a_canary_with_five_percent_errors_is_rolled_back_within_15_s() {
         text.contains("stable v1 (no separate baseline declared)"),
         "{text}"
     );
+    // The CLI's status shows the verdict with its numbers and thresholds, and the live
+    // counts per version: the canary's 500s among them.
+    assert!(
+        cli.contains("last interval: fail: canary ")
+            && cli.contains("p(errors)")
+            && cli.contains("(alpha 0.01, +1 points, +10%)"),
+        "{cli}"
+    );
+    let v2 = cli
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("v2"))
+        .unwrap_or_else(|| panic!("no v2 row: {cli}"));
+    let cols: Vec<&str> = v2.split_whitespace().collect();
+    assert!(cols.len() >= 9, "{v2}");
+    assert!(cols[6].parse::<u64>().unwrap() > 0, "v2's 5XX: {cli}");
+    assert!(cols[4].parse::<u64>().unwrap() > 0, "v2's 2XX: {cli}");
     assert!(metrics.contains("hemiron_proxy_rollbacks_total{app=\"shop\",reason=\"analysis\"} 1"));
     assert!(metrics.contains("hemiron_proxy_analysis_verdict{app=\"shop\"} -1"));
     assert!(metrics.contains("hemiron_proxy_analysis_alpha{app=\"shop\",check=\"errors\"} 0.01"));
@@ -286,7 +310,7 @@ fn promtool_accepts(metrics: &str) {
 
 #[test]
 fn a_canary_50_ms_slower_is_rolled_back_within_30_s() {
-    let (elapsed, status, _) = rolled_back_within(
+    let (elapsed, status, _, _) = rolled_back_within(
         |b| b.behaviour.delay_ms.store(50, Ordering::SeqCst),
         Duration::from_secs(30),
     );
