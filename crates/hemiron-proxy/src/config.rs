@@ -117,6 +117,18 @@ impl App {
 pub struct AppVersion {
     pub id: String,
     pub endpoints: Vec<Endpoint>,
+    pub protocol: UpstreamProtocol,
+}
+
+/// How the proxy speaks to a version's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over a keep-alive pool (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, prior knowledge (gRPC servers, for one): requests of every
+    /// client protocol are multiplexed on few connections, and a drain ends them with GOAWAY.
+    H2c,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -242,6 +254,7 @@ struct RawApp {
 #[derive(Debug, Deserialize)]
 struct RawVersion {
     endpoints: Vec<RawEndpoint>,
+    protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -592,9 +605,21 @@ fn app(name: &str, at: &str, r: RawApp, p: &mut Problems) -> Option<App> {
             }
             endpoints.push(Endpoint { address, weight });
         }
+        let protocol = match v.protocol.as_deref() {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("h2c") => UpstreamProtocol::H2c,
+            Some(other) => {
+                p.add(
+                    &format!("{vat}.protocol"),
+                    format!("{other:?} is not \"http1\" or \"h2c\""),
+                );
+                UpstreamProtocol::Http1
+            }
+        };
         versions.push(AppVersion {
             id: id.clone(),
             endpoints,
+            protocol,
         });
     }
     if versions.is_empty() {
@@ -773,6 +798,7 @@ address = "localhost"
 stable = "v9"
 [apps.shop.versions.v1]
 endpoints = ["nowhere", "127.0.0.1:0"]
+protocol = "h3"
 [apps.shop.versions."bad id"]
 endpoints = []
 "#;
@@ -786,6 +812,7 @@ endpoints = []
             "apps.shop.stable",
             "apps.shop.versions.v1.endpoints[0]",
             "apps.shop.versions.v1.endpoints[1]",
+            "apps.shop.versions.v1.protocol: \"h3\" is not \"http1\" or \"h2c\"",
             "apps.shop.versions.bad id:",
             "apps.shop.versions.bad id.endpoints",
         ] {

@@ -279,6 +279,9 @@ pub struct Admitted {
 pub enum Refused {
     NoApp,
     NoVersion,
+    /// The fast path asked for an app it does not serve (one with an HTTP/2 version):
+    /// the connection goes to hyper, nothing was chosen or counted.
+    Handoff,
 }
 
 impl Refused {
@@ -286,6 +289,7 @@ impl Refused {
         match self {
             Refused::NoApp => StatusCode::NOT_FOUND,
             Refused::NoVersion => StatusCode::SERVICE_UNAVAILABLE,
+            Refused::Handoff => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -293,12 +297,22 @@ impl Refused {
         match self {
             Refused::NoApp => "no app is configured for this host and path\n",
             Refused::NoVersion => "no version to serve\n",
+            Refused::Handoff => "the request was not handed over\n",
         }
     }
 }
 
+/// Who asks [`admit`]: the HTTP/1.1 fast path serves apps whose versions all speak
+/// HTTP/1.1; hyper serves every app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Fast,
+    Hyper,
+}
+
 /// Chooses the app, version and session cookie for a request, whatever its protocol:
 /// `header` looks up a request header, `cookie` a cookie; `now` is Unix seconds.
+#[allow(clippy::too_many_arguments)] // each is one fact of the request, read once
 pub fn admit<'a>(
     shared: &Shared,
     host: &str,
@@ -307,9 +321,13 @@ pub fn admit<'a>(
     cookie: impl Fn(&str) -> Option<&'a str>,
     tls: bool,
     now: u64,
+    by: Path,
 ) -> Result<Admitted, Refused> {
     let routes = shared.routes.load();
     let app = routes.find(host, path).ok_or(Refused::NoApp)?;
+    if by == Path::Fast && app.hyper_only {
+        return Err(Refused::Handoff);
+    }
     let settings = &routes.settings;
     let override_version =
         header(settings.override_header.as_str()).or_else(|| cookie(&settings.override_cookie));
@@ -454,6 +472,7 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
         |name| cookie(req.headers(), name),
         conn.tls,
         shared.unix_secs(started),
+        Path::Hyper,
     ) {
         Ok(a) => a,
         Err(refused) => {
@@ -648,12 +667,20 @@ async fn forward(
         let mut up = Request::new(body);
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
-        *up.version_mut() = http::Version::HTTP_11;
         *up.headers_mut() = if more_left {
             parts.headers.clone()
         } else {
             std::mem::take(&mut parts.headers)
         };
+        if rt.spec.protocol == crate::config::UpstreamProtocol::H2c {
+            *up.version_mut() = http::Version::HTTP_2;
+            // :authority is the endpoint's address (the pool's key); a Host header that
+            // differed from it would break HTTP/2's rules. The client's host is in
+            // X-Forwarded-Host.
+            up.headers_mut().remove(header::HOST);
+        } else {
+            *up.version_mut() = http::Version::HTTP_11;
+        }
         let client = rt.client.load_full();
         let sent = tokio::select! {
             r = tokio::time::timeout(settings.response_timeout, client.request(up)) => r,

@@ -437,6 +437,9 @@ impl Engine {
                 keys,
                 session_cookie: format!("{}-{}", self.settings.session_cookie, app.name).into(),
                 table,
+                hyper_only: rts
+                    .iter()
+                    .any(|rt| rt.spec.protocol == crate::config::UpstreamProtocol::H2c),
                 versions: rts,
                 shared,
             }));

@@ -956,7 +956,16 @@ where
                     tls,
                     &mut uhead,
                     |host, path, header, cookie| {
-                        dataplane::admit(shared, host, path, header, cookie, tls, unix)
+                        dataplane::admit(
+                            shared,
+                            host,
+                            path,
+                            header,
+                            cookie,
+                            tls,
+                            unix,
+                            dataplane::Path::Fast,
+                        )
                     },
                 ) {
                     ParsedRequest::Partial => {
@@ -995,6 +1004,15 @@ where
                 local_response(&mut out, status, message, true);
                 let _ = io.write_all(&out).await;
                 return;
+            }
+            ParsedRequest::Request(RequestHead {
+                admitted: Err(dataplane::Refused::Handoff),
+                ..
+            }) => {
+                // An app with an HTTP/2 version: hyper serves the connection from this
+                // request on (its bytes are still in the buffer).
+                let prefix = rbuf.freeze();
+                return serve_hyper(Prefixed { prefix, inner: io }, cx).await;
             }
             ParsedRequest::Request(req) => req,
         };

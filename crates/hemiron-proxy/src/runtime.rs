@@ -217,6 +217,7 @@ pub struct VersionRt {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
     pub endpoints: Vec<config::Endpoint>,
+    pub protocol: config::UpstreamProtocol,
     pub health: Option<config::HealthCheck>,
     pub outlier: config::Outlier,
 }
@@ -225,6 +226,7 @@ impl Spec {
     /// Whether a runtime built from this spec still fits the configuration (no copies).
     pub fn matches(&self, app: &App, version: &config::AppVersion) -> bool {
         self.endpoints == version.endpoints
+            && self.protocol == version.protocol
             && self.health == app.health
             && self.outlier == app.outlier
     }
@@ -232,13 +234,14 @@ impl Spec {
     pub fn of(app: &App, version: &config::AppVersion) -> Spec {
         Spec {
             endpoints: version.endpoints.clone(),
+            protocol: version.protocol,
             health: app.health.clone(),
             outlier: app.outlier.clone(),
         }
     }
 }
 
-fn client(settings: &ProxySettings) -> UpstreamClient {
+fn client(settings: &ProxySettings, protocol: config::UpstreamProtocol) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(settings.connect_timeout));
     connector.set_nodelay(true);
@@ -246,6 +249,7 @@ fn client(settings: &ProxySettings) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(settings.pool_idle_timeout)
         .pool_max_idle_per_host(settings.pool_max_idle)
+        .http2_only(protocol == config::UpstreamProtocol::H2c)
         .build(connector)
 }
 
@@ -307,7 +311,7 @@ impl VersionRt {
             endpoints,
             pick_order,
             next: AtomicUsize::new(0),
-            client: ArcSwap::from_pointee(client(settings)),
+            client: ArcSwap::from_pointee(client(settings, version.protocol)),
             metrics,
             drain: ArcSwap::from_pointee(CancellationToken::new()),
             collect: AtomicBool::new(false),
@@ -433,7 +437,8 @@ impl VersionRt {
     /// Closes idle pooled connections, now and as requests finish (a draining version keeps
     /// only its in-flight ones).
     pub fn close_idle(&self, settings: &ProxySettings) {
-        self.client.store(Arc::new(client(settings)));
+        self.client
+            .store(Arc::new(client(settings, self.spec.protocol)));
         for ep in &self.endpoints {
             ep.close_idle();
         }
@@ -446,7 +451,8 @@ impl VersionRt {
             .store(millis(settings.pool_idle_timeout), Ordering::Relaxed);
         self.pool_max_idle
             .store(settings.pool_max_idle, Ordering::Relaxed);
-        self.client.store(Arc::new(client(settings)));
+        self.client
+            .store(Arc::new(client(settings, self.spec.protocol)));
     }
 
     /// Pools connections again (the version serves again).
@@ -510,6 +516,9 @@ pub struct AppRoute {
     /// Aligned with `table.versions()`.
     pub versions: Vec<Arc<VersionRt>>,
     pub shared: Arc<AppShared>,
+    /// A version speaks HTTP/2 to its endpoints: the app's requests go through hyper's
+    /// client, and the HTTP/1.1 fast path hands such connections to hyper before choosing.
+    pub hyper_only: bool,
 }
 
 /// Everything the data plane routes by, swapped whole.

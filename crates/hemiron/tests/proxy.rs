@@ -1737,3 +1737,174 @@ fn a_drain_cancels_a_stalled_body_on_http2() {
     let r = http.get(proxy.url("/after")).send().unwrap();
     assert_eq!(r.headers()["x-upstream"], "v2");
 }
+
+/// An upstream that speaks HTTP/2 only (prior knowledge, like a gRPC server), answering the
+/// protocol and hosts each request came with; it keeps the bytes of every connection, to
+/// read the frames the proxy sent on it.
+struct H2cUpstream {
+    addr: String,
+    connections: Arc<std::sync::Mutex<Vec<Received>>>,
+    closed: Arc<AtomicU64>,
+}
+
+/// What one connection received.
+type Received = Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// A connection that records what it reads.
+struct Recording {
+    inner: tokio::net::TcpStream,
+    log: Received,
+}
+
+impl tokio::io::AsyncRead for Recording {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let new = buf.filled()[before..].to_vec();
+        self.log.lock().unwrap().extend_from_slice(&new);
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Recording {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn h2c_upstream(rt: &tokio::runtime::Runtime) -> H2cUpstream {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let closed = Arc::new(AtomicU64::new(0));
+    let (conns, ends) = (connections.clone(), closed.clone());
+    rt.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+            conns.lock().unwrap().push(log.clone());
+            let ends = ends.clone();
+            let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| {
+                let text = format!(
+                    "h2c {:?} host={:?} forwarded-host={:?}",
+                    req.version(),
+                    req.headers().get("host"),
+                    req.headers().get("x-forwarded-host"),
+                );
+                async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from(text)),
+                    ))
+                }
+            });
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(Recording { inner: stream, log }),
+                            svc,
+                        )
+                        .await;
+                ends.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    H2cUpstream {
+        addr,
+        connections,
+        closed,
+    }
+}
+
+/// The types of the HTTP/2 frames a client sent on a connection (after its preface).
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let mut rest = bytes
+        .strip_prefix(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    let mut types = Vec::new();
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        types.push(rest[3]);
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    types
+}
+
+/// A version with `protocol = "h2c"`: requests of HTTP/1.1 and HTTP/2 clients reach it over
+/// HTTP/2, multiplexed on a pooled connection; when it drains, that connection ends with
+/// GOAWAY.
+#[test]
+fn an_h2c_version_gets_http2_and_its_drain_sends_goaway() {
+    const GOAWAY: u8 = 0x7;
+    let rt = runtime();
+    let a = upstream(&rt, "v1");
+    let b = h2c_upstream(&rt);
+    let dir = tempdir();
+    let text = config(&[("v1", &[&a])], "[apps.shop.analysis]\nenabled = false\n")
+        + &format!(
+            "[apps.shop.versions.v2]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n",
+            b.addr
+        );
+    let proxy = Proxy::start(dir.path(), &text);
+    let http = reqwest::blocking::Client::new();
+    let h2c = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // The HTTP/1.1 version of the app is served as before.
+    let r = http.get(proxy.url("/")).send().unwrap();
+    assert_eq!(r.headers()["x-upstream"], "v1");
+    proxy.admin_ok(
+        "POST",
+        "/apps/shop/rollout",
+        Some(json!({"version": "v2", "blue_green": true})),
+    );
+    for client in [&http, &h2c, &http] {
+        for _ in 0..5 {
+            let r = client.get(proxy.url("/x")).send().unwrap();
+            assert_eq!(r.status(), 200);
+            let body = r.text().unwrap();
+            assert!(
+                body.starts_with("h2c HTTP/2.0 host=None forwarded-host=Some("),
+                "{body}"
+            );
+        }
+    }
+    let opened = b.connections.lock().unwrap().len();
+    assert!(opened <= 2, "pooled and multiplexed: {opened} connections");
+    // Back to v1: v2 drains, and its idle HTTP/2 connection is closed with GOAWAY.
+    proxy.admin_ok("POST", "/apps/shop/rollback", None);
+    wait_for(
+        "the drained connections to end",
+        Duration::from_secs(10),
+        || (b.closed.load(Ordering::SeqCst) == opened as u64).then_some(()),
+    );
+    for log in b.connections.lock().unwrap().iter() {
+        let types = frame_types(&log.lock().unwrap());
+        eprintln!("frames from the proxy: {types:?}");
+        assert!(types.contains(&GOAWAY), "no GOAWAY among {types:?}");
+    }
+    let r = http.get(proxy.url("/")).send().unwrap();
+    assert_eq!(r.headers()["x-upstream"], "v1");
+}
