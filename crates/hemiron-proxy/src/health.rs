@@ -12,18 +12,50 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::config::UpstreamProtocol;
 use crate::engine::Shared;
 use crate::runtime::{now_ms, EndpointRt, VersionRt};
 
 type CheckClient = Client<HttpConnector, Empty<Bytes>>;
 
-fn check_client() -> CheckClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(1)));
-    // A fresh connection per check: a check should see what a new connection would.
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector)
+/// A client per upstream protocol: an endpoint is checked in the protocol it is sent
+/// requests in.
+#[derive(Clone)]
+struct CheckClients {
+    http1: CheckClient,
+    h2c: CheckClient,
+}
+
+impl CheckClients {
+    fn new() -> CheckClients {
+        let build = |h2: bool| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(Duration::from_secs(1)));
+            // A fresh connection per check: a check should see what a new connection would.
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .http2_only(h2)
+                .build(connector)
+        };
+        CheckClients {
+            http1: build(false),
+            h2c: build(true),
+        }
+    }
+
+    fn request(
+        &self,
+        protocol: UpstreamProtocol,
+        mut req: http::Request<Empty<Bytes>>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        match protocol {
+            UpstreamProtocol::Http1 => self.http1.request(req),
+            UpstreamProtocol::H2c => {
+                *req.version_mut() = http::Version::HTTP_2;
+                self.h2c.request(req)
+            }
+        }
+    }
 }
 
 /// Checks every endpoint once and waits for the answers (each within its check's timeout):
@@ -32,7 +64,7 @@ fn check_client() -> CheckClient {
 /// been running would not have. (A new endpoint's first check is due at once.)
 pub async fn first_round(shared: &Arc<Shared>) {
     let started = std::time::Instant::now();
-    let checks = start_due(shared, &check_client());
+    let checks = start_due(shared, &CheckClients::new());
     let total = checks.len();
     for check in checks {
         let _ = check.await;
@@ -44,7 +76,7 @@ pub async fn first_round(shared: &Arc<Shared>) {
 
 /// Runs until the process ends: every 100 ms, starts the checks that are due.
 pub async fn run(shared: Arc<Shared>) {
-    let client = check_client();
+    let client = CheckClients::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
@@ -65,7 +97,7 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// Starts the checks that are due, each scheduling its endpoint's next.
-fn start_due(shared: &Arc<Shared>, client: &CheckClient) -> Vec<tokio::task::JoinHandle<()>> {
+fn start_due(shared: &Arc<Shared>, client: &CheckClients) -> Vec<tokio::task::JoinHandle<()>> {
     let routes = shared.routes.load_full();
     let now = now_ms(shared.epoch);
     let mut started = Vec::new();
@@ -90,7 +122,7 @@ fn start_due(shared: &Arc<Shared>, client: &CheckClient) -> Vec<tokio::task::Joi
 
 async fn check_one(
     shared: Arc<Shared>,
-    client: CheckClient,
+    client: CheckClients,
     rt: Arc<VersionRt>,
     ep: Arc<EndpointRt>,
 ) {
@@ -106,7 +138,7 @@ async fn check_one(
                 http::HeaderValue::from_static("hemiron-proxy-health"),
             );
             matches!(
-                tokio::time::timeout(check.timeout, client.request(req)).await,
+                tokio::time::timeout(check.timeout, client.request(rt.spec.protocol, req)).await,
                 Ok(Ok(r)) if r.status().is_success() || r.status().is_redirection()
             )
         }

@@ -1851,9 +1851,9 @@ fn frame_types(bytes: &[u8]) -> Vec<u8> {
     types
 }
 
-/// A version with `protocol = "h2c"`: requests of HTTP/1.1 and HTTP/2 clients reach it over
-/// HTTP/2, multiplexed on a pooled connection; when it drains, that connection ends with
-/// GOAWAY.
+/// A version with `protocol = "h2c"`: health checks and the requests of HTTP/1.1 and HTTP/2
+/// clients reach it over HTTP/2, multiplexed on a pooled connection; when it drains, that
+/// connection ends with GOAWAY.
 #[test]
 fn an_h2c_version_gets_http2_and_its_drain_sends_goaway() {
     const GOAWAY: u8 = 0x7;
@@ -1861,7 +1861,9 @@ fn an_h2c_version_gets_http2_and_its_drain_sends_goaway() {
     let a = upstream(&rt, "v1");
     let b = h2c_upstream(&rt);
     let dir = tempdir();
-    let text = config(&[("v1", &[&a])], "[apps.shop.analysis]\nenabled = false\n")
+    // Active checks too, in the version's protocol (once: the first round before listening).
+    let checks = "[apps.shop.analysis]\nenabled = false\n[apps.shop.health]\npath = \"/healthz\"\ninterval = \"60s\"\n";
+    let text = config(&[("v1", &[&a])], checks)
         + &format!(
             "[apps.shop.versions.v2]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n",
             b.addr
@@ -1891,8 +1893,18 @@ fn an_h2c_version_gets_http2_and_its_drain_sends_goaway() {
             );
         }
     }
+    let healthy = format!(
+        "hemiron_proxy_endpoint_healthy{{app=\"shop\",version=\"v2\",endpoint=\"{}\"}} 1",
+        b.addr
+    );
+    wait_for(
+        "v2's endpoint exported healthy",
+        Duration::from_secs(5),
+        || proxy.metrics().contains(&healthy).then_some(()),
+    );
+    // The check's connection and the pooled one the 15 requests shared.
     let opened = b.connections.lock().unwrap().len();
-    assert!(opened <= 2, "pooled and multiplexed: {opened} connections");
+    assert!(opened <= 3, "pooled and multiplexed: {opened} connections");
     // Back to v1: v2 drains, and its idle HTTP/2 connection is closed with GOAWAY.
     proxy.admin_ok("POST", "/apps/shop/rollback", None);
     wait_for(
