@@ -526,6 +526,10 @@ pub async fn handle(req: Request<Incoming>, conn: Conn) -> Result<Response<Proxy
                 s if s == StatusCode::GATEWAY_TIMEOUT => {
                     local(s, "the upstream did not answer in time\n")
                 }
+                s if s == StatusCode::NOT_IMPLEMENTED => local(
+                    s,
+                    "this version speaks HTTP/2 to its upstreams: upgrades and CONNECT need an http1 version\n",
+                ),
                 s => local(s, "the upstream could not be reached\n"),
             }
         }
@@ -563,7 +567,33 @@ async fn forward(
     let upgrade = wants_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let h2 = rt.spec.protocol == crate::config::UpstreamProtocol::H2c;
+    if h2 && (upgrade || parts.method == Method::CONNECT) {
+        // HTTP/2 has no Upgrade, and a CONNECT would name the endpoint itself.
+        return Forwarded {
+            response: None,
+            status: None,
+            error_status: StatusCode::NOT_IMPLEMENTED,
+            error: Some(format!(
+                "version {} speaks HTTP/2 to its endpoints: upgrades and CONNECT need an http1 version",
+                rt.id
+            )),
+            endpoint: None,
+            attempts: 0,
+        };
+    }
+    // The one `TE` HTTP/2 allows, and gRPC requires: it goes on to an h2c version.
+    let te_trailers = h2
+        && parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     // Forwarding headers.
     let peer_ip = conn.peer.ip().to_string();
     let xff = match parts
@@ -672,7 +702,7 @@ async fn forward(
         } else {
             std::mem::take(&mut parts.headers)
         };
-        if rt.spec.protocol == crate::config::UpstreamProtocol::H2c {
+        if h2 {
             *up.version_mut() = http::Version::HTTP_2;
             // :authority is the endpoint's address (the pool's key); a Host header that
             // differed from it would break HTTP/2's rules. The client's host is in

@@ -343,9 +343,13 @@ impl Engine {
             .or_default()
             .insert(version.id.clone(), rt.clone());
         if let Some(old) = old {
+            // Health seen in another protocol says nothing of this one: checked afresh.
+            let same_protocol = old.spec.protocol == rt.spec.protocol;
             for ep in &rt.endpoints {
                 if let Some(was) = old.endpoints.iter().find(|o| o.address == ep.address) {
-                    ep.inherit_health(was);
+                    if same_protocol {
+                        ep.inherit_health(was);
+                    }
                 }
             }
             // Its endpoints changed: the old set finishes what it has, then goes away.

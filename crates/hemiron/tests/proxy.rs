@@ -1807,10 +1807,11 @@ fn h2c_upstream(rt: &tokio::runtime::Runtime) -> H2cUpstream {
             let ends = ends.clone();
             let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| {
                 let text = format!(
-                    "h2c {:?} host={:?} forwarded-host={:?}",
+                    "h2c {:?} host={:?} forwarded-host={:?} te={:?}",
                     req.version(),
                     req.headers().get("host"),
                     req.headers().get("x-forwarded-host"),
+                    req.headers().get("te"),
                 );
                 async move {
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(
@@ -1863,10 +1864,12 @@ fn an_h2c_version_gets_http2_and_its_drain_sends_goaway() {
     let dir = tempdir();
     // Active checks too, in the version's protocol (once: the first round before listening).
     let checks = "[apps.shop.analysis]\nenabled = false\n[apps.shop.health]\npath = \"/healthz\"\ninterval = \"60s\"\n";
+    let blog = upstream(&rt, "blog");
     let text = config(&[("v1", &[&a])], checks)
         + &format!(
-            "[apps.shop.versions.v2]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n",
-            b.addr
+            "[apps.shop.versions.v2]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n[apps.blog]\npaths = [\"/blog\"]\nstable = \"b1\"\n[apps.blog.analysis]\nenabled = false\n[apps.blog.versions.b1]\nendpoints = [\"{}\"]\n",
+            b.addr,
+            blog.address()
         );
     let proxy = Proxy::start(dir.path(), &text);
     let http = reqwest::blocking::Client::new();
@@ -1893,6 +1896,41 @@ fn an_h2c_version_gets_http2_and_its_drain_sends_goaway() {
             );
         }
     }
+    // gRPC's `te: trailers` goes through (every other TE is hop-by-hop).
+    let body = http
+        .get(proxy.url("/grpc"))
+        .header("te", "trailers")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(body.ends_with("te=Some(\"trailers\")"), "{body}");
+    // HTTP/2 has no Upgrade: a WebSocket handshake to this version is refused, clearly.
+    let r = http
+        .get(proxy.url("/ws"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 501);
+    // One connection, pipelined: a request the fast path serves (an HTTP/1.1-only app), then
+    // one for this app, which hands the connection to hyper with the bytes already read.
+    let out = raw_exchange(
+        proxy.data,
+        &[b"GET /blog/a HTTP/1.1\r\nHost: t\r\n\r\nGET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"],
+        Duration::ZERO,
+    );
+    let (first, second) = out
+        .split_once("\r\n\r\nblog ")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+    assert!(
+        second.contains("HTTP/1.1 200 OK\r\n") && second.ends_with("te=None"),
+        "{out}"
+    );
+    assert!(second.contains("h2c HTTP/2.0 host=None"), "{out}");
     let healthy = format!(
         "hemiron_proxy_endpoint_healthy{{app=\"shop\",version=\"v2\",endpoint=\"{}\"}} 1",
         b.addr
@@ -1917,6 +1955,20 @@ fn an_h2c_version_gets_http2_and_its_drain_sends_goaway() {
         eprintln!("frames from the proxy: {types:?}");
         assert!(types.contains(&GOAWAY), "no GOAWAY among {types:?}");
     }
+    // A reload that changes the protocol checks the endpoint afresh (in HTTP/1.1 this
+    // HTTP/2-only server fails), instead of keeping its health until the next check is due
+    // a minute later.
+    let text = std::fs::read_to_string(&proxy.config).unwrap();
+    let http1 = text.replace("protocol = \"h2c\"\n", "");
+    assert_ne!(http1, text);
+    std::fs::write(&proxy.config, &http1).unwrap();
+    proxy.admin_ok("POST", "/reload", None);
+    let unhealthy = healthy.replace("} 1", "} 0");
+    wait_for(
+        "v2's endpoint checked afresh in HTTP/1.1",
+        Duration::from_secs(5),
+        || proxy.metrics().contains(&unhealthy).then_some(()),
+    );
     let r = http.get(proxy.url("/")).send().unwrap();
     assert_eq!(r.headers()["x-upstream"], "v1");
 }
