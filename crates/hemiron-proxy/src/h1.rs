@@ -995,10 +995,7 @@ where
         first = false;
         let req = match parsed {
             ParsedRequest::Partial => return,
-            ParsedRequest::Handoff => {
-                let prefix = rbuf.freeze();
-                return serve_hyper(Prefixed { prefix, inner: io }, cx).await;
-            }
+            ParsedRequest::Handoff => return hand_over(rbuf.freeze(), io, cx).await,
             ParsedRequest::Bad(status, message) => {
                 dataplane::record_local(&cx.conn, started, "", "", None, status, message);
                 local_response(&mut out, status, message, true);
@@ -1011,8 +1008,7 @@ where
             }) => {
                 // An app with an HTTP/2 version: hyper serves the connection from this
                 // request on (its bytes are still in the buffer).
-                let prefix = rbuf.freeze();
-                return serve_hyper(Prefixed { prefix, inner: io }, cx).await;
+                return hand_over(rbuf.freeze(), io, cx).await;
             }
             ParsedRequest::Request(req) => req,
         };
@@ -1085,6 +1081,36 @@ where
             }
         }
     }
+}
+
+/// Hands a connection to hyper with what was read of it (`prefix`: the next request, or an
+/// HTTP/2 preface).
+async fn hand_over<S>(prefix: Bytes, io: S, cx: Accepted)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if *cx.stop.borrow() && !prefix.starts_with(b"PRI ") {
+        // Stopping: a graceful shutdown of the connection now would close it while hyper is
+        // still telling its protocol, before it reads the request already here (one a client
+        // sent on a keep-alive connection in the grace period). That request is answered,
+        // with keep-alive off; the watcher, held until then, keeps the stop waiting for it.
+        let Accepted {
+            conn,
+            builder,
+            watcher,
+            ..
+        } = cx;
+        let mut once = (*builder).clone();
+        once.http1().keep_alive(false);
+        let service = hyper::service::service_fn(move |req| dataplane::handle(req, conn.clone()));
+        let io = TokioIo::new(Prefixed { prefix, inner: io });
+        if let Err(e) = once.serve_connection_with_upgrades(io, service).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        drop(watcher);
+        return;
+    }
+    serve_hyper(Prefixed { prefix, inner: io }, cx).await
 }
 
 /// Serves the rest of a connection with hyper (HTTP/2, upgrades, and what else the fast

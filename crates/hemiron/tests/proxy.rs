@@ -700,19 +700,26 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
     let (a, b) = (upstream(&rt, "v1"), upstream(&rt, "v2"));
     // Requests take 300 ms: some are always in flight on the old process when it stops.
     a.behaviour.delay_ms.store(300, Ordering::SeqCst);
+    // Half the requests go to an app with an HTTP/2 version, whose keep-alive connections
+    // the fast path hands to hyper (during the stop's grace period too).
+    let g = h2c_upstream(&rt);
     let dir = tempdir();
     let mut first = Proxy::start(
         dir.path(),
-        &config(
+        &(config(
             &[("v1", &[&a]), ("v2", &[&b])],
             "[apps.shop.analysis]\nenabled = false\n",
-        ),
+        ) + &format!(
+            "[apps.grpc]\npaths = [\"/grpc\"]\nstable = \"g1\"\n[apps.grpc.analysis]\nenabled = false\n[apps.grpc.versions.g1]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n",
+            g.addr
+        )),
     );
     let url = first.url("/");
+    let grpc_url = first.url("/grpc");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Clients: a new connection per request, pooled keep-alive connections, and HTTP/2.
     let load = {
-        let (url, stop) = (url.clone(), stop.clone());
+        let (url, grpc_url, stop) = (url.clone(), grpc_url.clone(), stop.clone());
         rt.spawn(async move {
             let fresh = reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
@@ -737,6 +744,7 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
                     1 => &kept,
                     _ => &h2c,
                 };
+                let url = if n % 2 == 0 { &url } else { &grpc_url };
                 let (client, url) = (client.clone(), url.clone());
                 tasks.push(tokio::spawn(async move {
                     let r = client.get(&url).send().await.map_err(|e| e.to_string())?;
@@ -1971,4 +1979,48 @@ fn an_h2c_version_gets_http2_and_its_drain_sends_goaway() {
     );
     let r = http.get(proxy.url("/")).send().unwrap();
     assert_eq!(r.headers()["x-upstream"], "v1");
+}
+
+/// A request on a keep-alive connection in the stop's grace period, for an app the fast path
+/// hands to hyper (one with an HTTP/2 version), is answered, not dropped with the connection.
+#[test]
+fn a_request_handed_to_hyper_while_stopping_is_answered() {
+    use std::io::{Read, Write};
+    let rt = runtime();
+    let a = upstream(&rt, "v1");
+    let g = h2c_upstream(&rt);
+    let dir = tempdir();
+    let text = config(&[("v1", &[&a])], "[apps.shop.analysis]\nenabled = false\n")
+        + &format!(
+            "[apps.grpc]\npaths = [\"/grpc\"]\nstable = \"g1\"\n[apps.grpc.analysis]\nenabled = false\n[apps.grpc.versions.g1]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n",
+            g.addr
+        );
+    let mut proxy = Proxy::start(dir.path(), &text);
+    let mut s = std::net::TcpStream::connect(proxy.data).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A first request the fast path serves; the connection stays open.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("xff=") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let mut child = proxy.take_child().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"GET /grpc/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK\r\n") && out.contains("h2c HTTP/2.0"),
+        "{out}"
+    );
+    common::proxy::terminate(&mut child);
 }
