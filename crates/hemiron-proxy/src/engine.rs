@@ -344,10 +344,9 @@ impl Engine {
             .insert(version.id.clone(), rt.clone());
         if let Some(old) = old {
             // Health seen in another protocol says nothing of this one: checked afresh.
-            let same_protocol = old.spec.protocol == rt.spec.protocol;
-            for ep in &rt.endpoints {
-                if let Some(was) = old.endpoints.iter().find(|o| o.address == ep.address) {
-                    if same_protocol {
+            if old.spec.protocol == rt.spec.protocol {
+                for ep in &rt.endpoints {
+                    if let Some(was) = old.endpoints.iter().find(|o| o.address == ep.address) {
                         ep.inherit_health(was);
                     }
                 }

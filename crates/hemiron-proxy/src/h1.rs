@@ -1093,21 +1093,16 @@ where
         // Stopping: a graceful shutdown of the connection now would close it while hyper is
         // still telling its protocol, before it reads the request already here (one a client
         // sent on a keep-alive connection in the grace period). That request is answered,
-        // with keep-alive off; the watcher, held until then, keeps the stop waiting for it.
-        let Accepted {
-            conn,
-            builder,
-            watcher,
-            ..
-        } = cx;
-        let mut once = (*builder).clone();
+        // with keep-alive off; `cx`'s watcher, held until then, keeps the stop waiting.
+        let mut once = (*cx.builder).clone();
         once.http1().keep_alive(false);
+        let conn = cx.conn.clone();
         let service = hyper::service::service_fn(move |req| dataplane::handle(req, conn.clone()));
         let io = TokioIo::new(Prefixed { prefix, inner: io });
         if let Err(e) = once.serve_connection_with_upgrades(io, service).await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
-        drop(watcher);
+        drop(cx);
         return;
     }
     serve_hyper(Prefixed { prefix, inner: io }, cx).await

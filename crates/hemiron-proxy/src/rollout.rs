@@ -384,8 +384,7 @@ impl AppState {
     /// stable one among them) is gone. Returns what was taken out of service, if anything.
     pub fn reconcile(&mut self, app: &App, now_ms: u64) -> Option<String> {
         let mut out = None;
-        let stable_gone = app.version(&self.stable).is_none();
-        if stable_gone {
+        if app.version(&self.stable).is_none() {
             let gone = std::mem::replace(&mut self.stable, app.stable.clone());
             let stable = self.stable.clone();
             self.log(
@@ -402,8 +401,9 @@ impl AppState {
                 .cloned();
             let stable_is_canary = r.version == self.stable;
             // A rollout compares its canary with the stable version it started from (and
-            // hands back to it on abort): with that version gone, it ends on the new stable.
-            let missing = missing.or_else(|| out.clone().filter(|_| stable_gone));
+            // hands back to it on abort): with that version gone (`out`), it ends on the new
+            // stable.
+            let missing = missing.or_else(|| out.clone());
             if let Some(v) = missing {
                 let why = format!("version {v} removed from the configuration");
                 if let Ok(taken) = self.abort(now_ms, &why) {

@@ -709,10 +709,7 @@ fn a_second_proxy_takes_over_without_losing_a_request() {
         &(config(
             &[("v1", &[&a]), ("v2", &[&b])],
             "[apps.shop.analysis]\nenabled = false\n",
-        ) + &format!(
-            "[apps.grpc]\npaths = [\"/grpc\"]\nstable = \"g1\"\n[apps.grpc.analysis]\nenabled = false\n[apps.grpc.versions.g1]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n",
-            g.addr
-        )),
+        ) + &grpc_app(&g.addr)),
     );
     let url = first.url("/");
     let grpc_url = first.url("/grpc");
@@ -1846,6 +1843,13 @@ fn h2c_upstream(rt: &tokio::runtime::Runtime) -> H2cUpstream {
     }
 }
 
+/// An app `grpc` (paths `/grpc`) whose one version `g1` speaks HTTP/2 to `endpoint`.
+fn grpc_app(endpoint: &str) -> String {
+    format!(
+        "[apps.grpc]\npaths = [\"/grpc\"]\nstable = \"g1\"\n[apps.grpc.analysis]\nenabled = false\n[apps.grpc.versions.g1]\nendpoints = [\"{endpoint}\"]\nprotocol = \"h2c\"\n"
+    )
+}
+
 /// The types of the HTTP/2 frames a client sent on a connection (after its preface).
 fn frame_types(bytes: &[u8]) -> Vec<u8> {
     let mut rest = bytes
@@ -1990,11 +1994,8 @@ fn a_request_handed_to_hyper_while_stopping_is_answered() {
     let a = upstream(&rt, "v1");
     let g = h2c_upstream(&rt);
     let dir = tempdir();
-    let text = config(&[("v1", &[&a])], "[apps.shop.analysis]\nenabled = false\n")
-        + &format!(
-            "[apps.grpc]\npaths = [\"/grpc\"]\nstable = \"g1\"\n[apps.grpc.analysis]\nenabled = false\n[apps.grpc.versions.g1]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n",
-            g.addr
-        );
+    let text =
+        config(&[("v1", &[&a])], "[apps.shop.analysis]\nenabled = false\n") + &grpc_app(&g.addr);
     let mut proxy = Proxy::start(dir.path(), &text);
     let mut s = std::net::TcpStream::connect(proxy.data).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
